@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import models
+from ._version import __version__
 from .errors import (
     BudgetError,
     CheckpointError,
@@ -12,15 +13,24 @@ from .errors import (
     ParetoSkipError,
     StudyMismatchError,
 )
+from .evaluate import Evaluation, Evaluator, MeasureSettings, Metric
+from .front import Front
 from .models import create_model, list_models
-
-__version__ = "0.1.0"
+from .search import search
+from .space import SkipSpace
 
 __all__ = [
     "__version__",
     "models",
     "create_model",
     "list_models",
+    "SkipSpace",
+    "Evaluator",
+    "Evaluation",
+    "MeasureSettings",
+    "Metric",
+    "Front",
+    "search",
     "ParetoSkipError",
     "ConfigError",
     "DataNotFoundError",

@@ -1,0 +1,482 @@
+"""The evaluator: metrics of skip masks, cached, with prefix-shared accuracy.
+
+Accuracy on the validation split dominates the cost of a search.  :meth:`Evaluator.evaluate_many`
+computes it for a batch of masks as a prefix tree: masks that agree on their first ``k``
+units share the activations up to unit ``k``, so each distinct prefix is computed once per
+chunk of validation images.  The stem and any locked prefix are computed once per split and
+kept (within the memory budget).  FLOPs and parameters come from a per-unit table.
+Latency and energy are measured one candidate at a time under a per-host lock.  Every
+result is stored in the shared cache before it is returned.
+
+The results equal naive evaluation (apply the mask, run the split in chunks of the same
+size) exactly: the same operations run on the same tensors, only fewer times.
+
+Memory: with chunks of ``C`` images the tree keeps one activation per branch point on the
+current path, so it holds at most ``C × Σ_units (bytes of one image's unit output)``; the
+chunk size is chosen so that this bound stays under ``memory_mb`` (default 1024 MB).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .cache import CacheKey, EvalCache
+from .errors import ConfigError
+from .measure import (
+    CostTable,
+    count_costs,
+    hardware_info,
+    measure_latency,
+    measurement_lock,
+    torch_threads,
+)
+from .models import apply_mask, get_mask, model_parts
+from .space import Mask, SkipSpace
+
+__all__ = ["Metric", "Evaluation", "MeasureSettings", "Evaluator", "METRICS", "METRIC_UNITS"]
+
+log = logging.getLogger(__name__)
+
+#: Metrics an objective or constraint can name, with their direction.
+METRICS: dict[str, str] = {
+    "accuracy": "maximize",
+    "flops": "minimize",
+    "params": "minimize",
+    "latency": "minimize",
+    "energy": "minimize",
+}
+METRIC_UNITS = {
+    "accuracy": "fraction",
+    "flops": "FLOPs",
+    "params": "parameters",
+    "latency": "s",
+    "energy": "J",
+}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A measured value with its unit, where it came from, and its spread (if any).
+
+    ``value`` is NaN when the quantity could not be measured (``source`` then says
+    ``unavailable`` and ``reason`` why); it is never 0 for "not measured".
+    """
+
+    value: float
+    unit: str
+    source: str
+    spread: float | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if isinstance(self.value, float) and math.isnan(self.value):
+            d["value"] = None
+        if d["reason"] is None:
+            del d["reason"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Metric:
+        value = d.get("value")
+        return cls(
+            value=math.nan if value is None else value,
+            unit=d["unit"],
+            source=d["source"],
+            spread=d.get("spread"),
+            reason=d.get("reason"),
+        )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The metrics of one mask."""
+
+    mask: str
+    skipped: tuple[str, ...]
+    metrics: Mapping[str, Metric]
+    cache_hit: bool = False
+    seconds: float = 0.0
+
+    def __getitem__(self, name: str) -> float:
+        try:
+            return self.metrics[name].value
+        except KeyError:
+            raise ConfigError(
+                f"metric {name!r} was not measured; measured: {', '.join(self.metrics)}"
+            ) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mask": self.mask,
+            "skipped": list(self.skipped),
+            "metrics": {k: m.to_dict() for k, m in self.metrics.items()},
+            "cache_hit": self.cache_hit,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How metrics are measured.  Part of the cache key: change one, and results are re-measured.
+
+    Args:
+        latency: measure latency (seconds per batch, interleaved with the full model).
+        batch_size: batch size of latency and energy runs.
+        repeats: timed repeats per candidate (and as many of the full model).
+        warmup: untimed runs before timing.
+        threads: intra-op threads for every measurement (None: torch's current setting).
+        energy: energy backend ("none", "auto", "rapl", "nvml", "zeus", "estimated").
+        energy_seconds: minimum length of one energy window.
+        eval_batch: images per chunk of accuracy evaluation (lowered to fit ``memory_mb``).
+        memory_mb: memory bound of the prefix tree's activations.
+    """
+
+    latency: bool = False
+    batch_size: int = 64
+    repeats: int = 15
+    warmup: int = 3
+    threads: int | None = None
+    energy: str = "none"
+    energy_seconds: float = 1.0
+    eval_batch: int = 256
+    memory_mb: float = 1024.0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "repeats", "eval_batch"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.repeats < 2 and self.latency:
+            raise ConfigError(
+                f"repeats={self.repeats}: latency needs at least 2 repeats for a spread"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads={self.threads} must be >= 1 (or None)")
+
+    def resolved(self) -> MeasureSettings:
+        """These settings with ``threads`` fixed to a number."""
+        if self.threads is not None:
+            return self
+        return MeasureSettings(**{**asdict(self), "threads": torch.get_num_threads()})
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Evaluator:
+    """Evaluate skip masks of one model on one dataset split.
+
+    Args:
+        model: a skippable model (see :func:`paretoskip.create_model`), weights loaded.
+        data: a :class:`paretoskip.data.DatasetSplits`; accuracy uses ``data.val`` (searched)
+            and ``data.test`` (reported only, see :meth:`test_accuracy`).
+        space: the skip space (default: every unit of the model).
+        settings: :class:`MeasureSettings`.
+        cache: an :class:`EvalCache`, a database path/URL for one, or None.
+        model_fingerprint: fingerprint of the weights (computed when not given).
+
+    Example:
+        >>> import paretoskip
+        >>> from paretoskip.data import load_dataset
+        >>> data = load_dataset("digits", seed=0)
+        >>> model = paretoskip.create_model("resnet20", num_classes=10, in_channels=1, input_size=8)
+        >>> ev = paretoskip.Evaluator(model, data)
+        >>> r = ev.evaluate("000000001")
+        >>> r.metrics["flops"].unit, 0.0 <= r["accuracy"] <= 1.0
+        ('FLOPs', True)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Any,
+        *,
+        space: SkipSpace | None = None,
+        settings: MeasureSettings | None = None,
+        cache: EvalCache | str | None = None,
+        model_fingerprint: str | None = None,
+    ):
+        self.model = model.eval()
+        self.data = data
+        self.space = space or SkipSpace.from_model(model)
+        self.space.check_model(model)
+        self.settings = (settings or MeasureSettings()).resolved()
+        self.cache = EvalCache(cache) if isinstance(cache, str) else cache
+        if model_fingerprint is None:
+            from .checkpoint import weights_fingerprint
+
+            model_fingerprint = weights_fingerprint(model)
+        self.model_fingerprint = model_fingerprint
+        self.hardware = hardware_info()
+        self.costs: CostTable = count_costs(model)
+        self._parts = model_parts(model)
+        self._units = [u for _, u in self._parts.units]
+        self._energy = None
+        if self.settings.energy != "none":
+            from .energy import make_energy_meter
+
+            self._energy = make_energy_meter(self.settings.energy)
+        self._prefix_cache: dict[str, list[torch.Tensor]] = {}
+        self._chunk = self._chunk_size()
+        self.hits = 0
+        self.misses = 0
+
+    # -- fingerprints --------------------------------------------------------------------
+    @property
+    def settings_fingerprint(self) -> str:
+        s = asdict(self.settings)
+        s.pop("eval_batch")  # neither changes a result
+        s.pop("memory_mb")
+        energy = self._energy.describe() if self._energy is not None else {"backend": "none"}
+        return _sha(
+            {
+                "settings": s,
+                "energy": energy,
+                "hardware": self.hardware,
+                "space": self.space.to_dict(),
+            }
+        )
+
+    @property
+    def cache_key(self) -> CacheKey:
+        return CacheKey(self.model_fingerprint, self.data.fingerprint, self.settings_fingerprint)
+
+    def provenance(self) -> dict[str, Any]:
+        """Everything that makes these results valid, for study databases and front files."""
+        from .models import model_spec
+
+        try:
+            spec = model_spec(self.model)
+        except ConfigError:
+            spec = {"name": type(self.model).__name__, "kwargs": {}}
+        return {
+            "model": {**spec, "fingerprint": self.model_fingerprint},
+            "dataset": self.data.describe(),
+            "hardware": self.hardware,
+            "settings": asdict(self.settings),
+            "settings_fingerprint": self.settings_fingerprint,
+            "torch": torch.__version__,
+            "threads": self.settings.threads,
+            "batch_size": self.settings.batch_size,
+            "energy_source": self._energy.source if self._energy is not None else "unavailable",
+        }
+
+    # -- accuracy ------------------------------------------------------------------------
+    def _chunk_size(self) -> int:
+        # shapes do not depend on values: follow them on the meta device
+        meta = copy.deepcopy(self.model).to("meta")
+        parts = model_parts(meta)
+        per_image = 0
+        with torch.no_grad():
+            h = parts.stem(torch.empty(1, *self.model.input_shape, device="meta"))
+            for _, unit in parts.units:
+                h = unit.run(h, False)
+                per_image += h.numel() * 4
+        self.activation_bytes_per_image = per_image
+        budget = self.settings.memory_mb * 2**20
+        return int(max(1, min(self.settings.eval_batch, budget // per_image)))
+
+    def _prefix(self, split: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Chunks of the split's labels and their activations after the stem and locked prefix."""
+        part = getattr(self.data, split)
+        xs = list(torch.split(part.x, self._chunk))
+        ys = list(torch.split(part.y, self._chunk))
+        if split in self._prefix_cache:
+            return self._prefix_cache[split], ys
+        k = self.space.locked_prefix
+        out = []
+        with torch.inference_mode():
+            for x in xs:
+                h = self._parts.stem(x)
+                for unit in self._units[:k]:
+                    h = unit.run(h, False)
+                out.append(h)
+        size = sum(h.numel() * h.element_size() for h in out)
+        if size <= self.settings.memory_mb * 2**20 / 2:
+            self._prefix_cache[split] = out
+        return out, ys
+
+    def accuracy_many(
+        self, masks: Sequence[Sequence[int] | str], split: str = "val"
+    ) -> list[float]:
+        """Top-1 accuracy of each mask on ``split``, computed as a prefix tree."""
+        if split not in ("val", "test"):
+            raise ConfigError(f"split={split!r}; accepted: 'val' (searched) or 'test' (reported)")
+        bits = [self.space.validate(m) for m in masks]
+        distinct = sorted(set(bits))
+        correct = [0] * len(distinct)
+        start = self.space.locked_prefix
+        saved = get_mask(self.model)
+        with torch_threads(self.settings.threads), torch.inference_mode():
+            prefixes, ys = self._prefix(split)
+            for h0, y in zip(prefixes, ys):
+                self._walk(start, h0, list(range(len(distinct))), distinct, y, correct)
+        apply_mask(self.model, saved)
+        n = len(getattr(self.data, split).y)
+        acc = {m: c / n for m, c in zip(distinct, correct)}
+        return [acc[m] for m in bits]
+
+    def _walk(
+        self,
+        k: int,
+        h: torch.Tensor,
+        idx: list[int],
+        masks: list[Mask],
+        y: torch.Tensor,
+        correct: list[int],
+    ) -> None:
+        units = self._units
+        n = len(units)
+        while k < n:
+            run = [i for i in idx if not masks[i][k]]
+            skip = [i for i in idx if masks[i][k]]
+            if run and skip:
+                self._walk(k + 1, units[k].run(h, False), run, masks, y, correct)
+                h, idx = units[k].run(h, True), skip
+            else:
+                h = units[k].run(h, bool(skip))
+            k += 1
+        hits = int((self._parts.head(h).argmax(1) == y).sum())
+        for i in idx:
+            correct[i] += hits
+
+    def naive_accuracy(self, mask: Sequence[int] | str, split: str = "val") -> float:
+        """Accuracy the plain way: apply the mask and run the whole split (for checks and benchmarks)."""
+        part = getattr(self.data, split)
+        saved = get_mask(self.model)
+        apply_mask(self.model, self.space.validate(mask))
+        hits = 0
+        with torch_threads(self.settings.threads), torch.inference_mode():
+            for x, y in zip(torch.split(part.x, self._chunk), torch.split(part.y, self._chunk)):
+                hits += int((self.model(x).argmax(1) == y).sum())
+        apply_mask(self.model, saved)
+        return hits / len(part.y)
+
+    def test_accuracy(self, masks: Sequence[Sequence[int] | str]) -> list[float]:
+        """Accuracy on the test split: reported for front members after a search, never searched."""
+        return self.accuracy_many(masks, split="test")
+
+    # -- the rest ------------------------------------------------------------------------
+    def _accuracy_metric(self, acc: float) -> Metric:
+        n = len(self.data.val.y)
+        return Metric(
+            acc, "fraction", "measured:validation", math.sqrt(max(acc * (1 - acc), 0.0) / n)
+        )
+
+    def _measured(self, mask: Mask) -> dict[str, Metric]:
+        out: dict[str, Metric] = {}
+        if self.settings.latency:
+            lat = measure_latency(
+                self.model,
+                mask,
+                batch_size=self.settings.batch_size,
+                repeats=self.settings.repeats,
+                warmup=self.settings.warmup,
+                threads=self.settings.threads,
+            )
+            out["latency"] = Metric(lat.median, "s", "measured:wall-clock", lat.iqr)
+            out["latency_ratio"] = Metric(lat.ratio, "ratio", "measured:interleaved", lat.ratio_iqr)
+        if self._energy is not None:
+            out["energy"] = self._measure_energy(mask)
+        return out
+
+    def _measure_energy(self, mask: Mask) -> Metric:
+        x = torch.randn(
+            self.settings.batch_size,
+            *self.model.input_shape,
+            generator=torch.Generator().manual_seed(0),
+        )
+        saved = get_mask(self.model)
+        apply_mask(self.model, mask)
+        try:
+            with measurement_lock(), torch_threads(self.settings.threads), torch.inference_mode():
+                reading = self._energy.measure(
+                    lambda: self.model(x), min_seconds=self.settings.energy_seconds
+                )
+        finally:
+            apply_mask(self.model, saved)
+        return Metric(reading.joules, "J", reading.source, reading.spread, reading.reason)
+
+    def _static(self, mask: Mask) -> dict[str, Metric]:
+        return {
+            "flops": Metric(float(self.costs.flops(mask)), "FLOPs", "counted:flop_counter"),
+            "params": Metric(float(self.costs.params(mask)), "parameters", "counted:modules"),
+        }
+
+    def evaluate(self, mask: Sequence[int] | str) -> Evaluation:
+        """Evaluate one mask (see :meth:`evaluate_many`)."""
+        return self.evaluate_many([mask])[0]
+
+    def evaluate_many(
+        self, masks: Iterable[Sequence[int] | str], *, progress: bool = False
+    ) -> list[Evaluation]:
+        """Evaluate masks, from the cache where possible; results in input order."""
+        bits = [self.space.validate(m) for m in masks]
+        keys = ["".join(map(str, b)) for b in bits]
+        found: dict[str, Evaluation] = {}
+        if self.cache is not None and keys:
+            for key, metrics in self.cache.get_many(self.cache_key, keys).items():
+                found[key] = Evaluation(
+                    key,
+                    tuple(self.space.skipped_names(key)),
+                    {k: Metric.from_dict(v) for k, v in metrics.items()},
+                    cache_hit=True,
+                )
+        todo = [b for b in dict.fromkeys(bits) if "".join(map(str, b)) not in found]
+        self.hits += len(set(keys)) - len(todo)
+        self.misses += len(todo)
+        if todo:
+            t0 = time.perf_counter()
+            accs = self.accuracy_many(todo)
+            share = (time.perf_counter() - t0) / len(todo)
+            bar = _progress(len(todo), progress)
+            for mask, acc in zip(todo, accs):
+                t1 = time.perf_counter()
+                metrics = {
+                    "accuracy": self._accuracy_metric(acc),
+                    **self._static(mask),
+                    **self._measured(mask),
+                }
+                seconds = share + time.perf_counter() - t1
+                key = "".join(map(str, mask))
+                if self.cache is not None:
+                    self.cache.put(
+                        self.cache_key, key, {k: m.to_dict() for k, m in metrics.items()}, seconds
+                    )
+                found[key] = Evaluation(
+                    key, tuple(self.space.skipped_names(key)), metrics, False, seconds
+                )
+                bar.update(1)
+            bar.close()
+        return [found[k] for k in keys]
+
+
+@dataclass
+class _NullBar:
+    n: int = field(default=0)
+
+    def update(self, k: int) -> None:
+        self.n += k
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NullBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="evaluating", unit="mask", leave=False)
