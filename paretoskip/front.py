@@ -1,0 +1,384 @@
+"""The near-Pareto front of a study, and its file (JSON plus a CSV twin).
+
+The front file is self-contained: a deployment reads it without paretoskip installed.
+
+* ``strict`` members are non-dominated among the feasible evaluations;
+* the *near-Pareto band* holds members that are dominated, but by less than the
+  measurement's own spread (or a user-set ε per objective): shifted by ε in their favour,
+  no strict member dominates them any more.  They are listed with ``strict: false``.
+
+Hypervolume is computed by moocore in a normalised space: accuracy as is (reference 0),
+every cost divided by the full model's (reference 1.1).
+
+Example:
+    >>> from paretoskip.front import Front
+    >>> front = Front.load("plots/../studies/example.front.json")  # doctest: +SKIP
+    >>> [m["mask"] for m in front.members if m["strict"]]          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import moocore
+import numpy as np
+
+from ._version import __version__
+from .errors import ConfigError
+from .objectives import Objective
+
+__all__ = ["Front", "FRONT_SCHEMA_VERSION", "nondominated", "hypervolume", "HV_COST_REFERENCE"]
+
+FRONT_SCHEMA_VERSION = 1
+HV_COST_REFERENCE = 1.1
+_REQUIRED = (
+    "schema_version",
+    "study",
+    "provenance",
+    "objectives",
+    "reference",
+    "members",
+    "hypervolume",
+)
+
+
+def _minimised(values: np.ndarray, objectives: Sequence[Objective]) -> np.ndarray:
+    return values * np.array([o.sign for o in objectives])
+
+
+def nondominated(values: np.ndarray, objectives: Sequence[Objective]) -> np.ndarray:
+    """Boolean mask of the rows of ``values`` that no other row dominates."""
+    if len(values) == 0:
+        return np.zeros(0, dtype=bool)
+    return np.asarray(moocore.is_nondominated(_minimised(values, objectives), keep_weakly=True))
+
+
+def normalise(
+    values: np.ndarray, objectives: Sequence[Objective], reference: Mapping[str, float]
+) -> np.ndarray:
+    """Objectives in the space hypervolume is computed in (minimised; costs / full model's)."""
+    cols = []
+    for j, o in enumerate(objectives):
+        col = values[:, j].astype(float)
+        if o.direction == "minimize":
+            col = col / float(reference[o.name])
+        else:
+            col = -col
+        cols.append(col)
+    return np.stack(cols, axis=1) if cols else values
+
+
+def hv_reference_point(objectives: Sequence[Objective]) -> list[float]:
+    return [HV_COST_REFERENCE if o.direction == "minimize" else 0.0 for o in objectives]
+
+
+def hypervolume(
+    values: np.ndarray, objectives: Sequence[Objective], reference: Mapping[str, float]
+) -> float:
+    """Hypervolume of ``values`` (raw objective values) in the normalised space."""
+    if len(values) == 0:
+        return 0.0
+    pts = normalise(np.asarray(values, dtype=float), objectives, reference)
+    ref = np.array(hv_reference_point(objectives))
+    pts = pts[np.all(pts < ref, axis=1)]
+    return float(moocore.hypervolume(pts, ref=ref)) if len(pts) else 0.0
+
+
+def near_pareto(
+    values: np.ndarray, eps: np.ndarray, objectives: Sequence[Objective], strict: np.ndarray
+) -> np.ndarray:
+    """Rows that are not strict but would be non-dominated if improved by ``eps`` (per row/objective)."""
+    y = _minimised(values, objectives)
+    shifted = y - np.abs(eps)
+    front = y[strict]
+    band = np.zeros(len(values), dtype=bool)
+    for i in np.flatnonzero(~strict):
+        p = shifted[i]
+        dominated = np.any(np.all(front <= p, axis=1) & np.any(front < p, axis=1))
+        band[i] = not dominated
+    return band
+
+
+@dataclass
+class Front:
+    """The front of a study: a JSON-able document (see the module docstring)."""
+
+    data: dict[str, Any]
+    all_values: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
+
+    # -- access --------------------------------------------------------------------------
+    @property
+    def members(self) -> list[dict[str, Any]]:
+        return self.data["members"]
+
+    @property
+    def objectives(self) -> tuple[Objective, ...]:
+        return tuple(Objective(**o) for o in self.data["objectives"])
+
+    @property
+    def hypervolume(self) -> float:
+        return self.data["hypervolume"]["value"]
+
+    @property
+    def reference(self) -> dict[str, Any]:
+        return self.data["reference"]
+
+    def strict_members(self) -> list[dict[str, Any]]:
+        return [m for m in self.members if m["strict"]]
+
+    def values(self, strict_only: bool = True) -> np.ndarray:
+        rows = self.strict_members() if strict_only else self.members
+        return np.array(
+            [[m["metrics"][o.name]["value"] for o in self.objectives] for m in rows], dtype=float
+        )
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    # -- building ------------------------------------------------------------------------
+    @classmethod
+    def from_study(
+        cls,
+        db: Any,
+        *,
+        epsilon: Mapping[str, float] | None = None,
+        evaluator: Any = None,
+        budget: int | None = None,
+        engine: str | None = None,
+        seed: int | None = None,
+    ) -> Front:
+        """Extract the front from a :class:`paretoskip.study.StudyDB`.
+
+        Reads the trials without deep copies.  With an ``evaluator``, the test accuracy of
+        every member that lacks one is measured and stored in the study.
+        """
+        objectives = db.objectives
+        trials = db.trials()
+        seen: dict[str, Any] = {}
+        for t in trials:
+            mask = t.user_attrs.get("mask")
+            if mask is None or mask in seen:
+                continue
+            if any(c > 0 for c in t.constraints.values()):
+                continue
+            seen[mask] = t
+        feasible = list(seen.values())
+        values = np.array([t.values for t in feasible], dtype=float).reshape(
+            len(feasible), len(objectives)
+        )
+        strict = nondominated(values, objectives)
+        eps = _epsilon(feasible, objectives, epsilon)
+        band = near_pareto(values, eps, objectives, strict)
+        chosen = [i for i in range(len(feasible)) if strict[i] or band[i]]
+
+        ref_attr = db.reference()
+        if ref_attr is None:
+            raise ConfigError(
+                f"study {db.name!r} has no reference (full model) evaluation yet; run the search first"
+            )
+        ref_metrics = {k: m["value"] for k, m in ref_attr["metrics"].items()}
+
+        masks = [feasible[i].user_attrs["mask"] for i in chosen]
+        tests = db.test_accuracies()
+        missing = [m for m in [*masks, ref_attr["mask"]] if m not in tests]
+        if evaluator is not None and missing:
+            tests.update(dict(zip(missing, evaluator.test_accuracy(missing))))
+            db.set_test_accuracies(tests)
+
+        members = []
+        for i in chosen:
+            t = feasible[i]
+            mask = t.user_attrs["mask"]
+            members.append(
+                {
+                    "mask": mask,
+                    "skipped": db.space.skipped_names(mask),
+                    "metrics": t.user_attrs["metrics"],
+                    "test_accuracy": tests.get(mask),
+                    "strict": bool(strict[i]),
+                    "trial": t.number,
+                }
+            )
+        first = objectives[0]
+        members.sort(
+            key=lambda m: (first.sign * (m["metrics"][first.name]["value"] or 0.0), m["mask"])
+        )
+        meta = db.meta
+        hv = hypervolume(values[strict], objectives, ref_metrics)
+        data = {
+            "schema_version": FRONT_SCHEMA_VERSION,
+            "study": {
+                "name": db.name,
+                "storage": _redact(db.url),
+                "engine": engine or meta.get("engine"),
+                "budget": budget if budget is not None else meta.get("budget"),
+                "seed": seed if seed is not None else meta.get("seed"),
+                "evaluations": len(trials),
+                "distinct_masks": len(seen)
+                + sum(1 for t in trials if any(c > 0 for c in t.constraints.values())),
+                "feasible": len(feasible),
+                "constraints": meta.get("constraints", []),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "paretoskip": __version__,
+            },
+            "provenance": meta.get("provenance", {}),
+            "space": meta["space"],
+            "objectives": [o.to_dict() for o in objectives],
+            "near_pareto": {"epsilon": {o.name: _eps_text(epsilon, o.name) for o in objectives}},
+            "reference": {
+                "mask": ref_attr["mask"],
+                "metrics": ref_attr["metrics"],
+                "test_accuracy": tests.get(ref_attr["mask"]),
+            },
+            "members": members,
+            "hypervolume": {
+                "value": hv,
+                "reference_point": dict(
+                    zip([o.name for o in objectives], hv_reference_point(objectives))
+                ),
+                "space": "accuracy as is; each cost divided by the full model's",
+                "computed_by": "moocore",
+            },
+        }
+        return cls(data, values)
+
+    # -- files ---------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> tuple[Path, Path]:
+        """Write ``path`` (JSON) and its CSV twin (same name, ``.csv``)."""
+        path = Path(path)
+        if path.suffix != ".json":
+            path = (
+                path.with_suffix(path.suffix + ".json")
+                if path.suffix
+                else path.with_suffix(".json")
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(_clean(self.data), indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+        csv_path = path.with_suffix(".csv")
+        names = sorted({k for m in self.members for k in m["metrics"]})
+        with open(csv_path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            header = ["mask", "strict", "n_skipped", "test_accuracy"]
+            for n in names:
+                header += [n, f"{n}_spread", f"{n}_unit", f"{n}_source"]
+            w.writerow(header + ["skipped"])
+            for m in self.members:
+                row = [m["mask"], m["strict"], len(m["skipped"]), _num(m["test_accuracy"])]
+                for n in names:
+                    x = m["metrics"].get(n, {})
+                    row += [
+                        _num(x.get("value")),
+                        _num(x.get("spread")),
+                        x.get("unit", ""),
+                        x.get("source", ""),
+                    ]
+                w.writerow(row + [" ".join(m["skipped"])])
+        return path, csv_path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Front:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"front file {path} does not exist") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"front file {path} is not valid JSON: {exc}") from None
+        missing = [k for k in _REQUIRED if k not in data]
+        if missing:
+            raise ConfigError(f"front file {path} lacks {missing}; is it a paretoskip front file?")
+        if data["schema_version"] != FRONT_SCHEMA_VERSION:
+            raise ConfigError(
+                f"front file {path} has schema_version {data['schema_version']}; this paretoskip reads {FRONT_SCHEMA_VERSION}"
+            )
+        return cls(data)
+
+    def table(self) -> str:
+        """The front as a text table for the terminal."""
+        objs = self.objectives
+        ref = {k: v["value"] for k, v in self.reference["metrics"].items()}
+        head = ["#", "strict", "skipped", *[f"{o.name} [{o.unit}]" for o in objs], "test acc"]
+        rows = []
+        for i, m in enumerate(self.members):
+            cells = [str(i), "yes" if m["strict"] else "band", str(len(m["skipped"]))]
+            for o in objs:
+                v = m["metrics"][o.name]["value"]
+                if v is None:
+                    cells.append("n/a")
+                elif o.name == "accuracy":
+                    cells.append(f"{v:.4f}")
+                else:
+                    rel = f" ({v / ref[o.name]:.0%})" if ref.get(o.name) else ""
+                    cells.append(f"{v:.4g}{rel}")
+            t = m.get("test_accuracy")
+            cells.append("n/a" if t is None else f"{t:.4f}")
+            rows.append(cells)
+        widths = [max(len(r[j]) for r in [head, *rows]) for j in range(len(head))]
+        lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return (
+            "\n".join(lines)
+            + f"\nhypervolume {self.hypervolume:.4f} (reference point {self.data['hypervolume']['reference_point']})"
+        )
+
+
+def _epsilon(
+    trials: Sequence[Any], objectives: Sequence[Objective], epsilon: Mapping[str, float] | None
+) -> np.ndarray:
+    eps = np.zeros((len(trials), len(objectives)))
+    for j, o in enumerate(objectives):
+        if epsilon is not None and o.name in epsilon:
+            eps[:, j] = float(epsilon[o.name])
+            continue
+        for i, t in enumerate(trials):
+            spread = t.user_attrs.get("metrics", {}).get(o.name, {}).get("spread")
+            eps[i, j] = float(spread) if spread is not None and math.isfinite(spread) else 0.0
+    if epsilon is not None:
+        unknown = set(epsilon) - {o.name for o in objectives}
+        if unknown:
+            raise ConfigError(
+                f"epsilon names {sorted(unknown)}, which are not objectives ({[o.name for o in objectives]})"
+            )
+    return eps
+
+
+def _eps_text(epsilon: Mapping[str, float] | None, name: str) -> Any:
+    if epsilon is not None and name in epsilon:
+        return float(epsilon[name])
+    return "measurement spread"
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        if ":" in cred:
+            cred = cred.split(":", 1)[0] + ":***"
+        return f"{scheme}://{cred}@{host}"
+    return url
+
+
+def _num(v: Any) -> Any:
+    return "" if v is None else v
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

@@ -1,0 +1,183 @@
+"""Search the skip space for the Pareto front.
+
+Every engine drives the same loop through one :class:`~paretoskip.search.SearchContext`:
+it proposes masks, the evaluator measures them (from the cache where it can), and each
+evaluation becomes a trial of one Optuna study, the study database.  Running the same
+search again resumes it up to the budget.
+
+Example:
+    >>> import paretoskip
+    >>> from paretoskip.data import load_dataset
+    >>> data = load_dataset("digits")
+    >>> model = paretoskip.create_model("resnet20", num_classes=10, in_channels=1, input_size=8)
+    >>> ev = paretoskip.Evaluator(model, data)
+    >>> front = paretoskip.search(ev, budget=30, storage="sqlite://", progress=False)
+    >>> front.strict_members()[0]["strict"]
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .._version import __version__
+from ..errors import ConfigError
+from ..evaluate import Evaluator
+from ..front import Front
+from ..objectives import Constraint, parse_constraints, parse_objectives
+from ..study import SCHEMA_VERSION, StudyDB
+from ._context import SearchContext
+from ._engines import ENGINES, EXHAUSTIVE_LIMIT, Engine, make_engine, structured_masks
+
+__all__ = [
+    "search",
+    "open_study",
+    "ENGINES",
+    "Engine",
+    "make_engine",
+    "SearchContext",
+    "structured_masks",
+    "EXHAUSTIVE_LIMIT",
+]
+
+log = logging.getLogger("paretoskip.search")
+
+
+def _default_name(evaluator: Evaluator) -> str:
+    prov = evaluator.provenance()
+    return f"{prov['dataset'].get('name', 'data')}-{prov['model'].get('name', 'model')}"
+
+
+def open_study(
+    evaluator: Evaluator,
+    *,
+    objectives: Sequence[str] = ("accuracy", "flops"),
+    constraints: Sequence[str | Constraint] | str | None = (),
+    storage: str | os.PathLike | None = None,
+    study_name: str | None = None,
+    engine: str = "pymoo-nsga2",
+    engine_settings: Mapping[str, Any] | None = None,
+    budget: int | None = None,
+    seed: int = 0,
+) -> StudyDB:
+    """Create or reopen the study of this search, with its reference (full model) evaluation.
+
+    Raises :class:`~paretoskip.errors.StudyMismatchError` (writing nothing) when the study
+    exists with another model, dataset, space, objectives, constraints or measurement.
+    """
+    objs = parse_objectives(objectives)
+    cons = parse_constraints(constraints)
+    settings = evaluator.settings
+    for o in objs:
+        if o.name == "latency" and not settings.latency:
+            raise ConfigError("objective 'latency' needs MeasureSettings(latency=True)")
+        if o.name == "energy" and settings.energy == "none":
+            raise ConfigError(
+                "objective 'energy' needs an energy backend (MeasureSettings(energy='auto' or 'estimated'))"
+            )
+    # the reference is measured before anything is written, so an unmeasurable objective
+    # (e.g. energy without a counter) fails cleanly
+    ref = evaluator.evaluate(evaluator.space.full)
+    for name in [o.name for o in objs] + [c.metric for c in cons]:
+        if name not in ref.metrics:
+            raise ConfigError(f"{name!r} is not measured with these settings")
+        if math.isnan(ref[name]):
+            m = ref.metrics[name]
+            raise ConfigError(
+                f"{name} cannot be measured here ({m.reason or m.source}); drop it from the objectives "
+                "and constraints, or use energy='estimated' to search on a labelled estimate"
+            )
+    prov = evaluator.provenance()
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "paretoskip": __version__,
+        "space": evaluator.space.to_dict(),
+        "objectives": [o.to_dict() for o in objs],
+        "constraints": [str(c) for c in cons],
+        "model_fingerprint": evaluator.model_fingerprint,
+        "data_fingerprint": evaluator.data.fingerprint,
+        "settings_fingerprint": evaluator.settings_fingerprint,
+        "provenance": prov,
+        "engine": engine,
+        "engine_settings": dict(engine_settings or {}),
+        "budget": budget,
+        "seed": seed,
+    }
+    db = StudyDB.open(storage, study_name or _default_name(evaluator), meta=meta)
+    if db.reference() is None:
+        db.set_reference(ref)
+    if ref.mask not in db.evaluated_masks():
+        db.record(ref, {k: m.value for k, m in ref.metrics.items()}, engine="reference")
+    return db
+
+
+def search(
+    evaluator: Evaluator,
+    *,
+    objectives: Sequence[str] = ("accuracy", "flops"),
+    constraints: Sequence[str | Constraint] | str | None = (),
+    engine: str = "pymoo-nsga2",
+    budget: int | None = None,
+    timeout: float | None = None,
+    storage: str | os.PathLike | None = None,
+    study_name: str | None = None,
+    seed: int = 0,
+    engine_options: Mapping[str, Any] | None = None,
+    epsilon: Mapping[str, float] | None = None,
+    progress: bool = True,
+) -> Front:
+    """Search for the Pareto front of skip masks and return it.
+
+    Args:
+        evaluator: the :class:`~paretoskip.Evaluator` of the model and data.
+        objectives: two or more of ``accuracy`` (maximised), ``flops``, ``params``,
+            ``latency``, ``energy`` (minimised).
+        constraints: e.g. ``["accuracy >= 0.95", "flops <= 0.5 * full"]``.
+        engine: one of :data:`ENGINES` (default ``pymoo-nsga2``).
+        budget: distinct masks to evaluate in the study, the full model included (default
+            200; every mask for ``exhaustive``).  A resumed search continues to it.
+        timeout: wall-clock limit in seconds for this call.
+        storage: study database: a path (SQLite), an SQLAlchemy URL, ``redis://…``, or a
+            ``.log`` journal file; default ``studies/<study_name>.db``.
+        study_name: default ``<dataset>-<model>``.
+        seed: seeds the engine.
+        engine_options: engine settings (e.g. ``{"pop_size": 32}`` for pymoo engines,
+            ``{"population_size": 20}`` for Optuna's NSGA-II).
+        epsilon: per-objective width of the near-Pareto band (default: each point's own
+            measurement spread).
+        progress: show a progress bar (evaluations, cache hits, hypervolume).
+    """
+    eng = make_engine(engine, seed, **dict(engine_options or {}))
+    if budget is not None and budget < 1:
+        raise ConfigError(f"budget={budget} must be a positive number of evaluations")
+    if timeout is not None and timeout <= 0:
+        raise ConfigError(f"timeout={timeout} must be positive seconds")
+    budget = budget or eng.default_budget or evaluator.space.size
+    db = open_study(
+        evaluator,
+        objectives=objectives,
+        constraints=constraints,
+        storage=storage,
+        study_name=study_name,
+        engine=engine,
+        engine_settings=eng.describe(),
+        budget=budget,
+        seed=seed,
+    )
+    ctx = SearchContext(
+        evaluator, db, engine=eng.name, budget=budget, timeout=timeout, progress=progress
+    )
+    try:
+        eng.run(ctx)
+    finally:
+        ctx.close()
+        log.info("search %s: %s", db.name, ctx.summary())
+    front = Front.from_study(
+        db, epsilon=epsilon, evaluator=evaluator, budget=budget, engine=eng.name, seed=seed
+    )
+    front.data["study"]["run"] = ctx.summary()
+    return front

@@ -1,0 +1,208 @@
+"""pymoo engines (NSGA-II, NSGA-III, SMS-EMOA) through pymoo's ask/tell interface."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymoo.core.duplicate import HashDuplicateElimination
+from pymoo.core.sampling import Sampling
+
+from ..errors import ConfigError
+from ._context import SearchContext
+from ._engines import Engine, _check_options, structured_masks
+
+log = logging.getLogger("paretoskip.search")
+
+
+class PymooEngine(Engine):
+    """pymoo's NSGA-II (default), NSGA-III or SMS-EMOA through ask/tell.
+
+    The algorithm object is pickled next to the study after every generation (pymoo 0.6.2
+    restores correctly from a plain pickle); a resumed run loads it, refreshes its archive of
+    evaluated masks from the study, and goes on.  Evaluations of a generation interrupted
+    by a crash are in the study and the cache, so none is measured twice.
+    """
+
+    ALGORITHMS = ("nsga2", "nsga3", "smsemoa")
+
+    def __init__(
+        self,
+        algorithm: str = "nsga2",
+        seed: int = 0,
+        pop_size: int = 24,
+        crossover: str = "two-point",
+        mutation_prob: float | None = None,
+        structured_start: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        **options: Any,
+    ):
+        _check_options(f"pymoo-{algorithm}", options, set())
+        if crossover not in ("two-point", "uniform"):
+            raise ConfigError(f"crossover={crossover!r}; accepted: 'two-point', 'uniform'")
+        if pop_size < 4:
+            raise ConfigError(f"pop_size={pop_size}; at least 4")
+        super().__init__(
+            seed,
+            pop_size=pop_size,
+            crossover=crossover,
+            mutation_prob=mutation_prob,
+            structured_start=structured_start,
+        )
+        self.algorithm = algorithm
+        self.name = f"pymoo-{algorithm}"
+        self.checkpoint = checkpoint
+
+    def _build(self, ctx: SearchContext):
+        from pymoo.algorithms.moo.nsga2 import NSGA2
+        from pymoo.algorithms.moo.nsga3 import NSGA3
+        from pymoo.algorithms.moo.sms import SMSEMOA
+        from pymoo.core.problem import Problem
+        from pymoo.operators.crossover.pntx import TwoPointCrossover
+        from pymoo.operators.crossover.ux import UniformCrossover
+        from pymoo.operators.mutation.bitflip import BitflipMutation
+        from pymoo.termination.default import DefaultMultiObjectiveTermination  # noqa: F401
+        from pymoo.util.ref_dirs import get_reference_directions
+
+        n = ctx.space.n_genes
+        problem = Problem(
+            n_var=n,
+            n_obj=len(ctx.objectives),
+            n_ieq_constr=len(ctx.constraints),
+            xl=0,
+            xu=1,
+            vtype=bool,
+        )
+        o = self.options
+        common = dict(
+            pop_size=o["pop_size"],
+            sampling=StructuredSampling(ctx.space, o["structured_start"]),
+            crossover=TwoPointCrossover() if o["crossover"] == "two-point" else UniformCrossover(),
+            mutation=BitflipMutation(prob=1.0, prob_var=o["mutation_prob"] or 1.0 / n),
+            eliminate_duplicates=ArchiveDuplicates(),
+        )
+        if self.algorithm == "nsga2":
+            algo = NSGA2(**common)
+        elif self.algorithm == "nsga3":
+            m = len(ctx.objectives)
+            ref_dirs = get_reference_directions(
+                "das-dennis", m, n_partitions=max(2, o["pop_size"] - 1 if m == 2 else 4)
+            )
+            algo = NSGA3(ref_dirs=ref_dirs, **common)
+        else:
+            algo = SMSEMOA(**common)
+        from pymoo.termination.max_gen import MaximumGenerationTermination
+
+        algo.setup(problem, termination=MaximumGenerationTermination(10**9), seed=self.seed)
+        return algo
+
+    def _checkpoint_path(self, ctx: SearchContext) -> Path | None:
+        if self.checkpoint is not None:
+            return Path(self.checkpoint)
+        url = ctx.db.url
+        if url in ("sqlite://", "sqlite:///:memory:"):
+            return None  # an in-memory study cannot be resumed: no checkpoint
+        if url.startswith("sqlite:///"):
+            base = Path(url[len("sqlite:///") :])
+        elif "://" not in url:
+            base = Path(url)
+        else:
+            base = Path("studies") / ctx.db.name
+        return base.with_name(f"{base.name}.{ctx.db.name}.{self.name}.pkl")
+
+    def run(self, ctx: SearchContext) -> None:
+        path = self._checkpoint_path(ctx)
+        algo = None
+        tag = {"study": ctx.db.name, "space": ctx.space.fingerprint, "engine": self.describe()}
+        if path is not None and path.exists():
+            try:
+                with open(path, "rb") as fh:
+                    saved = pickle.load(fh)
+                if saved.get("tag") == tag:
+                    algo = saved["algorithm"]
+                    log.info(
+                        "resuming %s from %s (generation %d)", self.name, path, algo.n_gen or 0
+                    )
+                else:
+                    log.warning("ignoring %s: it belongs to another search", path)
+            except Exception as exc:  # a checkpoint cut short by a crash
+                log.warning(
+                    "ignoring unreadable checkpoint %s (%s); starting the algorithm anew", path, exc
+                )
+        if algo is None:
+            algo = self._build(ctx)
+        dedup: ArchiveDuplicates = algo.eliminate_duplicates
+        dedup.archive = {tuple(ctx.space.genes_from_mask(m)) for m in ctx.evaluated}
+        dedup.active = (algo.n_gen or 0) > 1 or algo.pop is not None
+        while not ctx.done():
+            pop = algo.ask()
+            if pop is None or len(pop) == 0:
+                log.info("%s proposes nothing new (the space is exhausted)", self.name)
+                break
+            genes = pop.get("X").astype(int)
+            take = min(len(genes), ctx.remaining) if ctx.remaining < len(genes) else len(genes)
+            masks = [ctx.space.mask_from_genes(g) for g in genes]
+            evs = ctx.evaluate(masks[:take], generation=int(algo.n_gen or 0))
+            if take < len(genes):
+                break  # the budget ends inside this generation
+            pop.set("F", np.array([ctx.minimised(ev) for ev in evs], dtype=float))
+            if ctx.constraints:
+                pop.set("G", np.array([ctx.constraint_vector(ev) for ev in evs], dtype=float))
+            algo.tell(infills=pop)
+            dedup.active = True
+            dedup.archive.update(tuple(g) for g in genes)
+            if path is not None:
+                _atomic_pickle(path, {"tag": tag, "algorithm": algo})
+
+
+def _atomic_pickle(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class ArchiveDuplicates(HashDuplicateElimination):
+    """pymoo duplicate elimination that also rejects every mask already evaluated in the study."""
+
+    def __init__(self) -> None:
+        super().__init__(func=lambda x: x)
+        self.archive: set[tuple[int, ...]] = set()
+        self.active = False
+
+    def _do(self, pop, other, is_duplicate):
+        X = pop.get("X")
+        keys = [tuple(int(v) for v in x) for x in X]
+        seen = set()
+        if other is not None:
+            seen = {tuple(int(v) for v in x) for x in other.get("X")}
+        for i, k in enumerate(keys):
+            if k in seen or (self.active and k in self.archive):
+                is_duplicate[i] = True
+            else:
+                seen.add(k)
+        return is_duplicate
+
+
+class StructuredSampling(Sampling):
+    """The full model, 'skip the last k units of every stage' masks, then random masks."""
+
+    def __init__(self, space, structured: bool = True) -> None:
+        super().__init__()
+        self.space = space
+        self.structured = structured
+
+    def _do(self, problem, n_samples, random_state=None, **kwargs):
+        rows = structured_masks(self.space) if self.structured else [self.space.full]
+        genes = [list(self.space.genes_from_mask(m)) for m in rows][:n_samples]
+        rng = random_state if random_state is not None else np.random.default_rng()
+        while len(genes) < n_samples:
+            genes.append(list((rng.random(problem.n_var) < 0.5).astype(int)))
+        return np.array(genes, dtype=bool)
