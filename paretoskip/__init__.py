@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from . import models
 from ._version import __version__
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import load_dataset
 from .errors import (
     BudgetError,
     CheckpointError,
@@ -16,8 +18,10 @@ from .errors import (
 from .evaluate import Evaluation, Evaluator, MeasureSettings, Metric
 from .front import Front
 from .models import create_model, list_models
+from .runtime import AdaptiveModel
 from .search import search
 from .space import SkipSpace
+from .train import train_model
 
 __all__ = [
     "__version__",
@@ -31,6 +35,11 @@ __all__ = [
     "Metric",
     "Front",
     "search",
+    "AdaptiveModel",
+    "load_dataset",
+    "load_checkpoint",
+    "save_checkpoint",
+    "train_model",
     "ParetoSkipError",
     "ConfigError",
     "DataNotFoundError",

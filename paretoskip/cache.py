@@ -91,6 +91,7 @@ class EvalCache:
             @sa.event.listens_for(self.engine, "connect")
             def _wal(dbapi_conn, _record):  # concurrent readers with one writer
                 dbapi_conn.execute("PRAGMA journal_mode=WAL")
+                dbapi_conn.execute("PRAGMA synchronous=NORMAL")
                 dbapi_conn.execute("PRAGMA busy_timeout=60000")
 
         for attempt in range(5):

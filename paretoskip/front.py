@@ -113,6 +113,8 @@ class Front:
 
     data: dict[str, Any]
     all_values: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
+    #: the :class:`~paretoskip.study.StudyDB` the front was extracted from (None when loaded from a file)
+    study: Any = field(default=None, repr=False, compare=False)
 
     # -- access --------------------------------------------------------------------------
     @property
@@ -193,6 +195,7 @@ class Front:
             tests.update(dict(zip(missing, evaluator.test_accuracy(missing))))
             db.set_test_accuracies(tests)
 
+        space = db.space
         members = []
         for i in chosen:
             t = feasible[i]
@@ -200,7 +203,7 @@ class Front:
             members.append(
                 {
                     "mask": mask,
-                    "skipped": db.space.skipped_names(mask),
+                    "skipped": space.skipped_names(mask),
                     "metrics": t.user_attrs["metrics"],
                     "test_accuracy": tests.get(mask),
                     "strict": bool(strict[i]),
@@ -248,7 +251,7 @@ class Front:
                 "computed_by": "moocore",
             },
         }
-        return cls(data, values)
+        return cls(data, values, db)
 
     # -- files ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> tuple[Path, Path]:

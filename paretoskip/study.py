@@ -7,7 +7,7 @@ fingerprints and provenance are stored as the study's user attribute ``paretoski
 reopening the study with a different model, space, objectives or constraints raises
 :class:`~paretoskip.errors.StudyMismatchError` before anything is written.
 
-Storage: a path (``studies/x.db`` → SQLite), an SQLAlchemy URL (``postgresql+psycopg://…``,
+Storage: a path (``studies/x.db`` → SQLite), ``:memory:`` (nothing kept), an SQLAlchemy URL (``postgresql+psycopg://…``,
 ``mysql+pymysql://…``), ``redis://…`` (Optuna's journal on Redis) or a ``.log`` file
 (Optuna's journal file).  optuna-dashboard and the ``optuna`` command line open the same
 database.
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
@@ -49,7 +50,7 @@ def storage_url_for(storage: str | os.PathLike | None, study_name: str) -> str:
     if storage is None:
         storage = Path("studies") / f"{study_name}.db"
     text = os.fspath(storage)
-    if "://" in text:
+    if "://" in text or text == ":memory:":
         return text
     Path(text).parent.mkdir(parents=True, exist_ok=True)
     if text.endswith(".log"):
@@ -58,7 +59,9 @@ def storage_url_for(storage: str | os.PathLike | None, study_name: str) -> str:
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for a URL (see the module docstring)."""
+    """An Optuna storage for a URL (see the module docstring); ``:memory:`` keeps it in memory."""
+    if url == ":memory:":
+        return optuna.storages.InMemoryStorage()
     if url.startswith("redis://") or url.startswith("rediss://"):
         from optuna.storages.journal import JournalRedisBackend
 
@@ -67,16 +70,27 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(url))
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        engine_kwargs = {"connect_args": {"timeout": 60}}
-    else:
-        engine_kwargs = {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    if not url.startswith("sqlite"):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    if url not in ("sqlite://", "sqlite:///:memory:"):
+        # WAL lets readers (dashboard, front extraction) work beside a writer, and
+        # synchronous=NORMAL makes a commit cheap while staying safe against a killed process
+        sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
+        storage.engine.dispose()
+    return storage
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.execute("PRAGMA journal_mode=WAL")
+    dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+    dbapi_conn.execute("PRAGMA busy_timeout=60000")
 
 
 def cache_url_for(url: str) -> str | None:
     """Where the evaluation cache lives for a study storage URL (same database when SQL)."""
+    if url == ":memory:":
+        return None
     if "://" in url and not url.startswith(("redis://", "rediss://")):
         return url
     if "://" not in url:  # journal file: a SQLite file beside it

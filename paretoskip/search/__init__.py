@@ -11,7 +11,7 @@ Example:
     >>> data = load_dataset("digits")
     >>> model = paretoskip.create_model("resnet20", num_classes=10, in_channels=1, input_size=8)
     >>> ev = paretoskip.Evaluator(model, data)
-    >>> front = paretoskip.search(ev, budget=30, storage="sqlite://", progress=False)
+    >>> front = paretoskip.search(ev, budget=30, storage=":memory:", progress=False)
     >>> front.strict_members()[0]["strict"]
     True
 """
@@ -141,8 +141,8 @@ def search(
         budget: distinct masks to evaluate in the study, the full model included (default
             200; every mask for ``exhaustive``).  A resumed search continues to it.
         timeout: wall-clock limit in seconds for this call.
-        storage: study database: a path (SQLite), an SQLAlchemy URL, ``redis://…``, or a
-            ``.log`` journal file; default ``studies/<study_name>.db``.
+        storage: study database: a path (SQLite), an SQLAlchemy URL, ``redis://…``, a
+            ``.log`` journal file, or ``":memory:"``; default ``studies/<study_name>.db``.
         study_name: default ``<dataset>-<model>``.
         seed: seeds the engine.
         engine_options: engine settings (e.g. ``{"pop_size": 32}`` for pymoo engines,

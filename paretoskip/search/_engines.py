@@ -120,7 +120,15 @@ class OptunaEngine(Engine):
         self.batch = batch
 
     def make_sampler(self, n_genes: int):
+        import warnings
+
         import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return self._make_sampler(optuna)
+
+    def _make_sampler(self, optuna):
 
         o = dict(self.options)
         s = self.sampler_name
@@ -138,15 +146,27 @@ class OptunaEngine(Engine):
         return _ask_tell_bruteforce()(seed=self.seed)
 
     def run(self, ctx: SearchContext) -> None:
-        from optuna.trial import TrialState
+        """Ask a batch, evaluate it, tell it, until the study holds the budget.
+
+        Several processes may run this on one study at once (see :mod:`paretoskip.worker`,
+        which sets ``ctx.coordination``): the budget counts the masks completed by every
+        worker plus those other workers are evaluating; a mask another worker is already
+        evaluating is waited for and taken from the cache instead of evaluated again; and
+        RUNNING trials of dead workers are failed and their masks enqueued again, before
+        every ask.  A single process behaves as a plain ask/tell loop.
+        """
+        import contextlib
+        import time
+
+        from ..study import worker_id
 
         db = ctx.db
         space = ctx.space
         study = db.study
         study.sampler = self.make_sampler(space.n_genes)
         dists = db.distributions()
-        for mask in db.fail_stale_trials():
-            study.enqueue_trial(db.params_of(mask), skip_if_exists=False)
+        coord = getattr(ctx, "coordination", None) or Coordination()
+        lock = coord.lock if coord.lock is not None else contextlib.nullcontext()
         batch = self.batch or (
             self.options.get("population_size", 20)
             if self.sampler_name in ("nsga2", "nsga3")
@@ -154,37 +174,258 @@ class OptunaEngine(Engine):
         )
         if self.sampler_name == "gp":
             batch = self.batch or 1
-        from ..study import worker_id
+        me = worker_id()
 
-        while not ctx.done():
-            n = max(1, min(batch, ctx.remaining))
-            trials = []
-            for _ in range(n):
-                t = study.ask(dists)
-                t.set_user_attr("worker", worker_id())
-                t.set_user_attr("engine", self.name)
-                trials.append(t)
-            masks = [
-                space.mask_from_genes([t.params[p] for p in space.param_names]) for t in trials
-            ]
-            try:
-                evs = ctx.evaluator.evaluate_many(masks)
-            except BaseException:
-                for t in trials:
-                    study.tell(t, state=TrialState.FAIL)
-                raise
-            for t, ev in zip(trials, evs):
-                ctx.account(ev)
-                system = study._storage.get_trial_system_attrs(t._trial_id)
-                gen = next((v for k, v in system.items() if k.endswith(":generation")), None)
-                attrs = db.user_attrs_of(ev, engine=self.name, generation=gen)
-                for k, v in attrs.items():
-                    t.set_user_attr(k, v)
-                for key, value in db.constraint_values(ev, ctx.reference).items():
-                    t.set_constraint(key, value)
-                study.tell(t, db.values_of(ev))
-                ctx.trials_this_run += 1
+        while True:
+            with lock:  # asks are atomic across the workers that share this lock
+                _redo_stale(ctx, coord)
+                others = _sync(ctx, coord)
+                if ctx.done():
+                    break
+                busy = {mask for _, mask in others} - ctx.evaluated
+                n = min(batch, ctx.remaining - len(busy))
+                trials = []
+                for _ in range(max(n, 0)):
+                    t = study.ask()  # owner first, so that a dead worker's trial is found
+                    t.set_user_attr("worker", me)
+                    t.set_user_attr("engine", self.name)
+                    for name, dist in dists.items():
+                        t.suggest_categorical(name, dist.choices)
+                    trials.append(t)
+                masks = [
+                    space.mask_from_genes([t.params[p] for p in space.param_names]) for t in trials
+                ]
+                waits = _in_flight(ctx, coord, trials) if trials else {}
+            if not trials:  # the rest of the budget is in other workers' hands: wait
+                time.sleep(coord.poll_interval)
+                continue
+            own = [i for i in range(len(trials)) if i not in waits]
+            _tell_batch(self.name, ctx, [trials[i] for i in own], [masks[i] for i in own])
+            if waits:
+                idx = sorted(waits)
+                known = _wait_for(ctx, coord, lock, {i: waits[i] for i in idx}, masks)
+                _tell_batch(
+                    self.name, ctx, [trials[i] for i in idx], [masks[i] for i in idx], known
+                )
             ctx._update_bar()
+
+
+class Coordination:
+    """How the workers of one study coordinate in :meth:`OptunaEngine.run`.
+
+    Args:
+        lock: a context manager every worker of the study shares (a
+            :class:`paretoskip.worker.StudyLock`), held while counting the budget and asking;
+            None: no lock, and a worker waits only for trials started before its own.
+        stale_after: seconds after which another host's RUNNING trial counts as dead.
+        wait_timeout: longest wait for another worker's evaluation of the same mask.
+        poll_interval: seconds between looks at the study while waiting.
+    """
+
+    def __init__(
+        self,
+        lock: Any = None,
+        stale_after: float = 3600.0,
+        wait_timeout: float = 600.0,
+        poll_interval: float = 0.5,
+    ):
+        self.lock = lock
+        self.stale_after = stale_after
+        self.wait_timeout = wait_timeout
+        self.poll_interval = poll_interval
+        self.taken_over = 0  # masks whose result came from another worker's trial
+        self.wait_timeouts = 0  # waits that gave up (the mask was evaluated again)
+        self.stale_failed = 0  # RUNNING trials of dead workers marked FAIL
+        self.reenqueued = 0  # masks of those trials enqueued again
+        self.orphans: set[int] = set()  # trials left half-asked (ignored without a lock)
+
+
+def _bits(space, params: dict[str, Any]) -> str:
+    return space.to_bitstring(space.mask_from_genes([params[p] for p in space.param_names]))
+
+
+def _redo_stale(ctx: SearchContext, coord: Coordination, taking_over: set[str] = frozenset()):
+    """Fail RUNNING trials of dead workers and enqueue their masks again."""
+    for mask in ctx.db.fail_stale_trials(coord.stale_after):
+        coord.stale_failed += 1
+        if mask in taking_over or mask in ctx.evaluated:
+            continue  # this worker evaluates it now, or another already has
+        ctx.db.study.enqueue_trial(ctx.db.params_of(mask), skip_if_exists=False)
+        coord.reenqueued += 1
+
+
+def _sync(ctx: SearchContext, coord: Coordination) -> list[tuple[Any, str]]:
+    """Count the masks every worker completed; return other workers' RUNNING trials.
+
+    Under the shared lock no other ask is in progress, so a RUNNING trial with parameters
+    missing is what remains of an ask interrupted by a crash: it is marked FAIL.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    names = ctx.space.param_names
+    running = []
+    for t in ctx.db.trials(states=None):
+        if t.state == TrialState.COMPLETE:
+            mask = t.user_attrs.get("mask")
+            if mask is not None and mask not in ctx.evaluated:
+                ctx.evaluated.add(mask)
+                if not any(c > 0 for c in t.constraints.values()):
+                    ctx._values.append(list(t.values))
+        elif t.state == TrialState.RUNNING:
+            if all(p in t.params for p in names):
+                running.append((t, _bits(ctx.space, t.params)))
+            elif coord.lock is not None:
+                try:
+                    ctx.db.study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+                    continue
+                coord.stale_failed += 1
+                log.warning(
+                    "trial %d was left half-asked (worker %s died?); marked failed",
+                    t.number,
+                    t.user_attrs.get("worker", "unknown"),
+                )
+    return running
+
+
+def _in_flight(ctx: SearchContext, coord: Coordination, trials: list[Any]) -> dict[int, int]:
+    """Index of each asked trial → id of another RUNNING trial with the same parameters.
+
+    Without a shared lock, only trials that started before it count (two workers that asked
+    the same mask must not wait for each other), and a trial whose parameters are still
+    being written and agree so far is re-read for up to 2 s (then taken for the remains of
+    a crashed ask and ignored).
+    """
+    import datetime
+    import time
+
+    from optuna.trial import TrialState
+
+    ordered = coord.lock is None
+    n_params = len(ctx.space.param_names)
+    mine = {t._trial_id for t in trials}
+    deadline = time.monotonic() + 2.0
+    while True:
+        running = [
+            t
+            for t in ctx.db.trials(states=(TrialState.RUNNING,))
+            if t._trial_id not in coord.orphans
+        ]
+        start = {
+            t._trial_id: (t.datetime_start or datetime.datetime.min, t.number) for t in running
+        }
+        out: dict[int, int] = {}
+        partial = set()
+        for i, t in enumerate(trials):
+            key = start.get(t._trial_id, (datetime.datetime.max, t.number))
+            for o in running:
+                if o._trial_id in mine or (ordered and start[o._trial_id] >= key):
+                    continue
+                if any(t.params.get(p) != v for p, v in o.params.items()):
+                    continue
+                if len(o.params) < n_params:
+                    partial.add(o._trial_id)
+                    continue
+                out[i] = o._trial_id
+                break
+        if not partial:
+            return out
+        if time.monotonic() > deadline:
+            coord.orphans |= partial
+            return out
+        time.sleep(0.05)
+
+
+def _wait_for(
+    ctx: SearchContext, coord: Coordination, lock: Any, waits: dict[int, int], masks: list[Any]
+) -> dict[str, Any]:
+    """Wait until the other workers' trials finish; their results, when the evaluator has no
+    cache to take them from (mask → Evaluation)."""
+    import time
+
+    from ..evaluate import Evaluation, Metric
+
+    storage = ctx.db.study._storage
+    pending = set(waits.values())
+    finished = {}
+    taking = {ctx.space.to_bitstring(masks[i]) for i in waits}
+    deadline = time.monotonic() + coord.wait_timeout
+    while pending:
+        for tid in list(pending):
+            frozen = storage.get_trial(tid)
+            if frozen.state.is_finished():
+                finished[tid] = frozen
+                pending.discard(tid)
+        if not pending:
+            break
+        if time.monotonic() >= deadline:
+            coord.wait_timeouts += len(pending)
+            log.warning(
+                "gave up waiting %.0f s for %d trial(s) of other workers; evaluating their "
+                "masks here",
+                coord.wait_timeout,
+                len(pending),
+            )
+            break
+        time.sleep(coord.poll_interval)
+        with lock:
+            _redo_stale(ctx, coord, taking)
+    known = {}
+    for frozen in finished.values():
+        mask = frozen.user_attrs.get("mask")
+        if frozen.state.name != "COMPLETE" or mask is None:
+            continue
+        coord.taken_over += 1
+        if ctx.evaluator.cache is None and "metrics" in frozen.user_attrs:
+            metrics = {k: Metric.from_dict(v) for k, v in frozen.user_attrs["metrics"].items()}
+            known[mask] = Evaluation(
+                mask, tuple(ctx.space.skipped_names(mask)), metrics, cache_hit=True
+            )
+    return known
+
+
+def _tell_batch(
+    engine: str,
+    ctx: SearchContext,
+    trials: list[Any],
+    masks: list[Any],
+    known: dict[str, Any] | None = None,
+) -> None:
+    """Evaluate the masks (except ``known`` results) and tell the trials."""
+    import dataclasses
+
+    from optuna.trial import TrialState
+
+    if not trials:
+        return
+    db, study = ctx.db, ctx.db.study
+    known = known or {}
+    bits = [ctx.space.to_bitstring(m) for m in masks]
+    todo = [m for m, b in zip(masks, bits) if b not in known]
+    try:
+        evs = ctx.evaluator.evaluate_many(todo) if todo else []
+    except BaseException:
+        for t in trials:
+            study.tell(t, state=TrialState.FAIL)
+        raise
+    results = {**known, **{ev.mask: ev for ev in evs}}
+    told: set[str] = set()
+    for t, b in zip(trials, bits):
+        ev = results[b]
+        if b in told:  # asked twice in this batch: evaluated once, the second is a hit
+            ev = dataclasses.replace(ev, cache_hit=True, seconds=0.0)
+        told.add(b)
+        ctx.account(ev)
+        system = study._storage.get_trial_system_attrs(t._trial_id)
+        gen = next((v for k, v in system.items() if k.endswith(":generation")), None)
+        attrs = db.user_attrs_of(ev, engine=engine, generation=gen)
+        for k, v in attrs.items():
+            t.set_user_attr(k, v)
+        for key, value in db.constraint_values(ev, ctx.reference).items():
+            t.set_constraint(key, value)
+        study.tell(t, db.values_of(ev))
+        ctx.trials_this_run += 1
 
 
 def _ask_tell_bruteforce():

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pymoo.core.duplicate import HashDuplicateElimination
+from pymoo.core.duplicate import DuplicateElimination
 from pymoo.core.sampling import Sampling
 
 from ..errors import ConfigError
@@ -57,7 +57,7 @@ class PymooEngine(Engine):
         self.name = f"pymoo-{algorithm}"
         self.checkpoint = checkpoint
 
-    def _build(self, ctx: SearchContext):
+    def _build(self, ctx: SearchContext, seeds: list[tuple[int, ...]] | None = None):
         from pymoo.algorithms.moo.nsga2 import NSGA2
         from pymoo.algorithms.moo.nsga3 import NSGA3
         from pymoo.algorithms.moo.sms import SMSEMOA
@@ -80,7 +80,7 @@ class PymooEngine(Engine):
         o = self.options
         common = dict(
             pop_size=o["pop_size"],
-            sampling=StructuredSampling(ctx.space, o["structured_start"]),
+            sampling=StructuredSampling(ctx.space, o["structured_start"], seeds),
             crossover=TwoPointCrossover() if o["crossover"] == "two-point" else UniformCrossover(),
             mutation=BitflipMutation(prob=1.0, prob_var=o["mutation_prob"] or 1.0 / n),
             eliminate_duplicates=ArchiveDuplicates(),
@@ -104,7 +104,7 @@ class PymooEngine(Engine):
         if self.checkpoint is not None:
             return Path(self.checkpoint)
         url = ctx.db.url
-        if url in ("sqlite://", "sqlite:///:memory:"):
+        if url in ("sqlite://", "sqlite:///:memory:", ":memory:"):
             return None  # an in-memory study cannot be resumed: no checkpoint
         if url.startswith("sqlite:///"):
             base = Path(url[len("sqlite:///") :])
@@ -134,7 +134,10 @@ class PymooEngine(Engine):
                     "ignoring unreadable checkpoint %s (%s); starting the algorithm anew", path, exc
                 )
         if algo is None:
-            algo = self._build(ctx)
+            # no usable checkpoint: a resumed search starts from the study's best masks
+            algo = self._build(
+                ctx, _study_elite(ctx, self.options["pop_size"]) if len(ctx.evaluated) > 1 else None
+            )
         dedup: ArchiveDuplicates = algo.eliminate_duplicates
         dedup.archive = {tuple(ctx.space.genes_from_mask(m)) for m in ctx.evaluated}
         dedup.active = (algo.n_gen or 0) > 1 or algo.pop is not None
@@ -144,8 +147,8 @@ class PymooEngine(Engine):
                 log.info("%s proposes nothing new (the space is exhausted)", self.name)
                 break
             genes = pop.get("X").astype(int)
-            take = min(len(genes), ctx.remaining) if ctx.remaining < len(genes) else len(genes)
             masks = [ctx.space.mask_from_genes(g) for g in genes]
+            take = _prefix_with_new(masks, ctx)
             evs = ctx.evaluate(masks[:take], generation=int(algo.n_gen or 0))
             if take < len(genes):
                 break  # the budget ends inside this generation
@@ -156,7 +159,50 @@ class PymooEngine(Engine):
             dedup.active = True
             dedup.archive.update(tuple(g) for g in genes)
             if path is not None:
-                _atomic_pickle(path, {"tag": tag, "algorithm": algo})
+                try:
+                    _atomic_pickle(path, {"tag": tag, "algorithm": algo})
+                except (AttributeError, TypeError, pickle.PicklingError) as exc:
+                    log.info(
+                        "%s cannot be pickled (%s); a resume rebuilds it from the study",
+                        self.name,
+                        exc,
+                    )
+                    path = None
+
+
+def _prefix_with_new(masks: list[tuple[int, ...]], ctx: SearchContext) -> int:
+    """How many leading masks fit the budget (masks already in the study cost nothing)."""
+    new = 0
+    for i, m in enumerate(masks):
+        if ctx.space.to_bitstring(m) not in ctx.evaluated:
+            if new == ctx.remaining:
+                return i
+            new += 1
+    return len(masks)
+
+
+def _study_elite(ctx: SearchContext, n: int) -> list[tuple[int, ...]]:
+    """The ``n`` best masks of the study by non-dominated rank (feasible first)."""
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    rows, genes = [], []
+    for t in ctx.db.trials():
+        mask = t.user_attrs.get("mask")
+        if mask is None:
+            continue
+        violation = sum(max(0.0, c) for c in t.constraints.values())
+        rows.append([violation, *[o.sign * v for o, v in zip(ctx.objectives, t.values)]])
+        genes.append(ctx.space.genes_from_mask(mask))
+    if not rows:
+        return []
+    arr = np.array(rows)
+    order: list[int] = []
+    for feasible in (arr[:, 0] == 0, arr[:, 0] > 0):
+        idx = np.flatnonzero(feasible)
+        if len(idx):
+            for front in NonDominatedSorting().do(arr[idx, 1:]):
+                order.extend(idx[front].tolist())
+    return list(dict.fromkeys(genes[i] for i in order))[:n]
 
 
 def _atomic_pickle(path: Path, obj: Any) -> None:
@@ -169,11 +215,11 @@ def _atomic_pickle(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-class ArchiveDuplicates(HashDuplicateElimination):
+class ArchiveDuplicates(DuplicateElimination):
     """pymoo duplicate elimination that also rejects every mask already evaluated in the study."""
 
     def __init__(self) -> None:
-        super().__init__(func=lambda x: x)
+        super().__init__()
         self.archive: set[tuple[int, ...]] = set()
         self.active = False
 
@@ -194,10 +240,13 @@ class ArchiveDuplicates(HashDuplicateElimination):
 class StructuredSampling(Sampling):
     """The full model, 'skip the last k units of every stage' masks, then random masks."""
 
-    def __init__(self, space, structured: bool = True) -> None:
+    def __init__(
+        self, space, structured: bool = True, seeds: list[tuple[int, ...]] | None = None
+    ) -> None:
         super().__init__()
         self.space = space
         self.structured = structured
+        self.seeds = seeds or []
 
     def _do(self, problem, n_samples, random_state=None, **kwargs):
         rows = structured_masks(self.space) if self.structured else [self.space.full]
