@@ -225,8 +225,7 @@ class Front:
                 "budget": budget if budget is not None else meta.get("budget"),
                 "seed": seed if seed is not None else meta.get("seed"),
                 "evaluations": len(trials),
-                "distinct_masks": len(seen)
-                + sum(1 for t in trials if any(c > 0 for c in t.constraints.values())),
+                "distinct_masks": len({t.user_attrs.get("mask") for t in trials} - {None}),
                 "feasible": len(feasible),
                 "constraints": meta.get("constraints", []),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
