@@ -49,17 +49,18 @@ def main() -> None:
     ap.add_argument("--gp-budget", type=int, default=64, help="GP is slow: its budget (default 64)")
     ap.add_argument("--out", default=str(HERE / "results" / "search_quality.json"))
     ap.add_argument("--plot", default="plots/search_quality")
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("paretoskip").setLevel(logging.WARNING)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     data = load_dataset("digits", seed=0)
     ckpt = HERE / "results" / "digits-resnet32-sd"
     if not ckpt.with_suffix(".safetensors").exists():
         print("training resnet32 (stochastic depth) on digits ...")
         train_and_save(
-            "resnet32", data, ckpt, recipe="stochastic-depth", epochs=30, seed=0, progress=False
+            "resnet32", data, ckpt, recipe="stochastic-depth", epochs=30, batch_size=64, seed=0, progress=False
         )
     model, meta = load_checkpoint(ckpt)
     space = paretoskip.SkipSpace.from_model(model, locked=["layer1.0", "layer2.0", "layer3.0"])
@@ -88,7 +89,7 @@ def main() -> None:
     )
 
     results = {
-        "model": "resnet32 (digits, stochastic depth p_last=0.5, 30 epochs)",
+        "model": "resnet32 (digits, stochastic depth p_last=0.5, 30 epochs, batch 64)",
         "checkpoint_test_accuracy": meta.get("test_accuracy"),
         "space": {"genes": space.n_genes, "masks": space.size, "locked": list(space.locked)},
         "exact": {"front_size": len(exact_front), "hypervolume": hv_exact, "seconds": exhaustive_s},

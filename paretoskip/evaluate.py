@@ -237,15 +237,17 @@ class Evaluator:
     @property
     def settings_fingerprint(self) -> str:
         s = asdict(self.settings)
-        s.pop("eval_batch")  # neither changes a result
+        # the skip space is not part of it: a mask's metrics do not depend on which other
+        # units are locked.  Neither do the chunk size and memory bound.
+        s.pop("eval_batch")
         s.pop("memory_mb")
         energy = self._energy.describe() if self._energy is not None else {"backend": "none"}
         return _sha(
             {
                 "settings": s,
                 "energy": energy,
-                "hardware": self.hardware,
-                "space": self.space.to_dict(),
+                # accuracy, FLOPs and parameters do not depend on the machine; timings do
+                "hardware": self.hardware if self.settings.latency or self._energy is not None else None,
             }
         )
 
