@@ -32,7 +32,7 @@ def test_flops_table_matches_direct_count(name, kwargs):
         hooks = []
         called = set()
         for mod in model.modules():
-            hooks.append(mod.register_forward_hook(lambda m, *_: called.add(id(m))))
+            hooks.append(mod.register_forward_hook(lambda m, *_, seen_ids=called: seen_ids.add(id(m))))
         with torch.no_grad():
             model.eval()(torch.zeros(1, *model.input_shape))
         for h in hooks:

@@ -1,0 +1,1246 @@
+"""The ``paretoskip`` command line.
+
+``paretoskip run`` trains the default digits model if needed, searches its skip
+configurations, writes the front file and the plots.  Every subcommand has ``--help`` with
+examples; ``paretoskip --help`` lists them.
+
+Exit codes: 0 success, 2 a usage or input error (one line on stderr; ``--debug`` shows the
+traceback), 130 interrupted by Ctrl-C (a study is saved as far as it got, and ``paretoskip
+run STUDY`` resumes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, ParetoSkipError
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("paretoskip.cli")
+
+EXIT_OK = 0
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+_MINIMAL_STUDY = """\
+[study]
+name = "digits-resnet20"
+
+[model]
+name = "resnet20"
+
+[model.train]
+recipe = "stochastic-depth"
+epochs = 30
+p_last = 0.5
+
+[data]
+name = "digits"
+
+[search]
+engine = "pymoo-nsga2"
+budget = 200
+objectives = ["accuracy", "flops"]
+"""
+
+
+# --------------------------------------------------------------------------- output
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.exc_info:
+            msg += "\n" + self.formatException(record.exc_info)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {msg}"
+        return msg
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not tear tqdm progress bars apart."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = self.format(record)
+            try:
+                from tqdm import tqdm
+
+                tqdm.write(msg, file=sys.stderr)
+            except ImportError:  # pragma: no cover
+                print(msg, file=sys.stderr)
+        except Exception:  # noqa: BLE001
+            self.handleError(record)
+
+
+def _setup_logging(quiet: bool, debug: bool) -> Callable[[], None]:
+    """Log paretoskip's INFO lines (WARNING with --quiet) to stderr, optuna's warnings only.
+
+    Returns a function that puts the logging state back (for in-process callers of main).
+    """
+    logger = logging.getLogger("paretoskip")
+    saved = (logger.level, logger.propagate)
+    handler = _TqdmHandler()
+    handler.setFormatter(_Formatter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+    optuna_level = None
+    try:
+        import optuna
+
+        optuna_level = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    except ImportError:  # pragma: no cover
+        pass
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+        if optuna_level is not None:
+            import optuna
+
+            optuna.logging.set_verbosity(optuna_level)
+
+    return restore
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _percent_or_number(text: str) -> float | str:
+    t = text.strip()
+    if t.endswith("%"):
+        return t
+    try:
+        return float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a number (absolute bound) nor a percentage such as '50%'"
+        ) from None
+
+
+def _size(text: str) -> int | float:
+    try:
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a fraction such as 0.2 or a count such as 300"
+        ) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} must be >= 0")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{v} must be > 0")
+    return v
+
+
+# --------------------------------------------------------------------------- resolving inputs
+
+
+def _resolve_study(arg: str | None) -> Path:
+    """The study file named on the command line (or the default study)."""
+    from .config import DEFAULT_STUDY
+
+    if arg is None:
+        path = Path(DEFAULT_STUDY)
+        if not path.is_file():
+            raise ConfigError(
+                f"the default study {DEFAULT_STUDY} is not in the working directory {os.getcwd()}.\n"
+                "Run `paretoskip run` from the root of a paretoskip checkout (the file ships in "
+                "its studies/ folder), or pass a study file: `paretoskip run path/to/study.toml`.\n"
+                f"A minimal study file (save it as {DEFAULT_STUDY}):\n\n{_MINIMAL_STUDY}"
+            )
+        return path
+    path = Path(arg)
+    if not path.exists() and path.suffix == "" and (Path("studies") / f"{arg}.toml").is_file():
+        return Path("studies") / f"{arg}.toml"
+    return path
+
+
+def _load_cfg(arg: str | None, *, check_files: bool = True):
+    from .config import load_study_config
+
+    return load_study_config(_resolve_study(arg), check_files=check_files)
+
+
+def _is_file_db(url: str) -> Path | None:
+    """The file of a SQLite URL or journal path (None for a server database)."""
+    if url.startswith("sqlite:///"):
+        rest = url[len("sqlite:///") :]
+        return None if rest in ("", ":memory:") else Path(rest)
+    if "://" not in url:
+        return Path(url)
+    return None
+
+
+def _open_db(cfg):
+    from .study import StudyDB
+
+    storage = cfg.storage
+    file = _is_file_db(storage if "://" in storage else f"sqlite:///{storage}")
+    if "://" not in storage and storage.endswith(".log"):
+        file = Path(storage)
+    if file is not None and not file.is_file():
+        raise ConfigError(
+            f"{cfg.source}: no study database at {file} yet; run `paretoskip run {cfg.source}` first"
+        )
+    return StudyDB.load(storage, cfg.name)
+
+
+def _load_front(arg: str):
+    """(Front, source text, StudyConfig or None) for a front JSON, a study TOML or a .db file."""
+    from .front import Front
+
+    path = Path(arg)
+    if path.suffix == ".json":
+        return Front.load(path), str(path), None
+    if path.suffix == ".db":
+        if not path.is_file():
+            raise ConfigError(f"study database {path} does not exist")
+        from .study import StudyDB
+
+        db = StudyDB.load(path)
+        return Front.from_study(db), str(path), None
+    cfg = _load_cfg(arg, check_files=False)
+    db = _open_db(cfg)
+    return Front.from_study(db, epsilon=dict(cfg.search.epsilon) or None), str(cfg.source), cfg
+
+
+def _checkpoint_for(args: argparse.Namespace, cfg) -> str | None:
+    if args.checkpoint is not None:
+        return args.checkpoint
+    if cfg is not None:
+        return cfg.model.checkpoint
+    return None
+
+
+def _check_fingerprint(front, meta: dict[str, Any], ckpt: str, *, strict: bool) -> None:
+    expected = front.data.get("provenance", {}).get("model", {}).get("fingerprint")
+    actual = meta.get("weights_fingerprint")
+    if expected and actual and expected != actual:
+        msg = (
+            f"the checkpoint {ckpt} has other weights than the model the front was searched for "
+            f"(fingerprint {actual[:12]}…, front {expected[:12]}…): the front's accuracies do not "
+            "describe it"
+        )
+        if strict:
+            raise ConfigError(msg + "; pass --force to go on anyway")
+        log.warning(msg)
+
+
+# --------------------------------------------------------------------------- run / search
+
+
+def _describe_cfg(cfg) -> str:
+    s = cfg.search
+    parts = [
+        f"study {cfg.name}: {cfg.model.name} on {cfg.data.name}",
+        f"engine {s.engine}",
+        f"budget {s.budget if s.budget is not None else 'default'}",
+        f"objectives {', '.join(s.objectives)}",
+    ]
+    if s.constraints:
+        parts.append(f"constraints {'; '.join(s.constraints)}")
+    return ", ".join(parts)
+
+
+def _resume_command(args: argparse.Namespace, cfg) -> str:
+    """The command that continues this run (with the overrides that change what it does)."""
+    parts = ["paretoskip", "run"]
+    if getattr(args, "study", None) is not None:
+        parts.append(str(cfg.source))
+    for flag in ("storage", "budget", "engine", "seed"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            parts += [f"--{flag}", str(value)]
+    return " ".join(parts)
+
+
+def _interrupted_message(args: argparse.Namespace, cfg, stage: str) -> None:
+    print(file=sys.stderr)
+    again = _resume_command(args, cfg)
+    if stage == "loading":
+        print("interrupted before the search started; nothing was changed.", file=sys.stderr)
+        return
+    if stage == "training":
+        print(
+            f"interrupted during training: no checkpoint was saved; `{again}` trains again "
+            "from the start.",
+            file=sys.stderr,
+        )
+        return
+    count = ""
+    try:
+        db = _open_db(cfg)
+        count = f" ({len(db.evaluated_masks())} distinct masks evaluated)"
+    except Exception:  # noqa: BLE001 - best effort, the message matters more
+        pass
+    print(
+        f"interrupted: the study {cfg.name} is saved in {cfg.storage}{count}; `{again}` "
+        "resumes it.",
+        file=sys.stderr,
+    )
+
+
+def _search_study(args: argparse.Namespace, *, plots: bool) -> int:
+    from .config import build_data, build_evaluator, build_model, front_path, search_kwargs
+    from .search import search
+
+    started = time.monotonic()
+    cfg = _load_cfg(getattr(args, "study", None), check_files=True)
+    cfg = cfg.replace(
+        budget=args.budget,
+        engine=args.engine,
+        timeout=args.timeout,
+        storage=args.storage,
+        seed=args.seed,
+    )
+    progress = not args.quiet
+    log.info("%s", _describe_cfg(cfg))
+    stage = "loading"
+    try:
+        data = build_data(cfg)
+        from .checkpoint import checkpoint_paths
+
+        stage = "training" if not checkpoint_paths(cfg.model.checkpoint)[0].is_file() else "loading"
+        model, meta = build_model(cfg, progress=progress, data=data)
+        stage = "searching"
+        evaluator = build_evaluator(cfg, model, data, meta)
+        log.info("study database %s", cfg.storage_url)
+        front = search(evaluator, progress=progress, **search_kwargs(cfg))
+    except KeyboardInterrupt:
+        _interrupted_message(args, cfg, stage)
+        return EXIT_INTERRUPTED
+
+    json_path, csv_path = front.save(front_path(cfg, args.out))
+    status = EXIT_OK
+    plot_files: list[Path] = []
+    plot_note = ""
+    if plots and not args.no_plots:
+        plot_dir = Path(args.plots) if args.plots else Path("plots")
+        try:
+            plot_files = _plot_one(_open_db(cfg), front, plot_dir)
+        except ImportError as exc:
+            plot_note = f"skipped ({exc})"
+            log.warning("plots skipped: %s", exc)
+        except Exception as exc:
+            if args.debug:
+                raise
+            plot_note = f"FAILED ({type(exc).__name__}: {exc})"
+            status = EXIT_ERROR
+            log.error(
+                "the plots failed (%s: %s); the study and the front file are written. "
+                "`paretoskip plot %s --debug` shows the traceback.",
+                type(exc).__name__,
+                exc,
+                cfg.source,
+            )
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted while plotting; the study and the front file are written; "
+                f"`paretoskip plot {cfg.source}` draws the plots.",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
+        if plot_files:
+            pngs = [p.name for p in plot_files if p.suffix == ".png"]
+            plot_note = (
+                f"{_common_dir(plot_files)} ({len(plot_files)} files: {', '.join(pngs)}, ...)"
+            )
+    elif plots:
+        plot_note = "skipped (--no-plots)"
+
+    _out(_front_table(front, strict_only=True))
+    _out()
+    run = front.data["study"].get("run", {})
+    evals = front.data["study"].get("distinct_masks")
+    _out(
+        f"study       {cfg.name}: {evals} distinct masks of budget {front.data['study'].get('budget')} "
+        f"({run.get('new_evaluations', 0)} evaluated now, {run.get('cache_hits', 0)} from the "
+        f"cache) in {time.monotonic() - started:.0f} s; hypervolume {front.hypervolume:.4f}"
+    )
+    budget = front.data["study"].get("budget")
+    if isinstance(evals, int) and isinstance(budget, int) and evals < budget:
+        from .space import SkipSpace
+
+        if evals < SkipSpace.from_dict(front.data["space"]).size:
+            _out(
+                f"            stopped before the budget (timeout?): `{_resume_command(args, cfg)}` "
+                "continues"
+            )
+    _out(f"database    {cfg.storage_url}")
+    ref = front.reference
+    ref_acc = ref["metrics"].get("accuracy", {}).get("value")
+    test = ref.get("test_accuracy")
+    _out(
+        f"checkpoint  {cfg.model.checkpoint} (full model: val acc "
+        f"{_fmt(ref_acc)}, test acc {_fmt(test)})"
+    )
+    strict = len(front.strict_members())
+    _out(f"front       {json_path}  {csv_path}  ({len(front)} members, {strict} strict)")
+    if plot_note:
+        _out(f"plots       {plot_note}")
+    _out(f"next        paretoskip select {json_path} --flops 50%")
+    return status
+
+
+def _front_table(front, *, strict_only: bool = False) -> str:
+    """The front as a text table; '#' is the member number `select`/`export` use."""
+    objs = front.objectives
+    ref = {k: v.get("value") for k, v in front.reference["metrics"].items()}
+    show_mask = len(front.data["space"]["units"]) <= 32
+    head = ["#", "strict", *(["mask"] if show_mask else []), "skipped"]
+    head += [f"{o.name} [{o.unit}]" for o in objs] + ["test acc"]
+    rows = []
+    for i, m in enumerate(front.members):
+        if strict_only and not m["strict"]:
+            continue
+        cells = [str(i), "yes" if m["strict"] else "band"]
+        cells += [m["mask"]] if show_mask else []
+        cells.append(str(len(m["skipped"])))
+        for o in objs:
+            v = m["metrics"].get(o.name, {}).get("value")
+            if v is None:
+                cells.append("n/a")
+            elif o.name == "accuracy":
+                cells.append(f"{v:.4f}")
+            else:
+                rel = f" ({v / ref[o.name]:.0%})" if ref.get(o.name) else ""
+                cells.append(f"{v:.4g}{rel}")
+        cells.append(_fmt(m.get("test_accuracy")))
+        rows.append(cells)
+    widths = [max(len(r[j]) for r in [head, *rows]) for j in range(len(head))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    hidden = len(front.members) - len(rows)
+    if hidden:
+        lines.append(
+            f"(+ {hidden} members in the near-Pareto band, within measurement spread of the "
+            "front: `paretoskip front` lists them)"
+        )
+    point = front.data["hypervolume"].get("reference_point")
+    lines.append(f"hypervolume {front.hypervolume:.4f} (reference point {point})")
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def _common_dir(paths: Sequence[Path]) -> str:
+    try:
+        return os.path.commonpath([str(Path(p).parent) for p in paths]) + os.sep
+    except ValueError:
+        return ", ".join(map(str, paths))
+
+
+def _as_paths(result: Any, fallback_dir: Path | None = None) -> list[Path]:
+    if result is None:
+        return sorted(p for p in fallback_dir.iterdir() if p.is_file()) if fallback_dir else []
+    if isinstance(result, (str, os.PathLike)):
+        return [Path(result)]
+    return [Path(p) for p in result]
+
+
+def _plot_one(db, front, out_dir: Path) -> list[Path]:
+    from .plots import plot_study
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _as_paths(plot_study(db, front, out_dir), out_dir)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _search_study(args, plots=True)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    return _search_study(args, plots=False)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .checkpoint import checkpoint_paths
+    from .data import load_dataset
+    from .train import train_and_save
+
+    settings: dict[str, Any]
+    if args.study is not None:
+        if args.model is not None or args.data is not None:
+            raise ConfigError(
+                "--model and --data come from the study file; give either a study file or them"
+            )
+        cfg = _load_cfg(args.study, check_files=False)
+        from .config import TrainSection, build_data
+
+        t = cfg.model.train if cfg.model.train.enabled else TrainSection(seed=cfg.study.seed)
+        settings = t.kwargs()
+        model_name, model_kwargs = cfg.model.name, dict(cfg.model.kwargs)
+        out = args.out or cfg.model.checkpoint
+        data_loader = lambda: build_data(cfg)  # noqa: E731
+    else:
+        if args.model is None or args.data is None:
+            raise ConfigError(
+                "give a study file (`paretoskip train studies/x.toml`) or both --model and --data"
+            )
+        if args.out is None:
+            raise ConfigError("--out is required without a study file (where the checkpoint goes)")
+        settings = {"recipe": "stochastic-depth", "epochs": 30, "seed": 0, "p_last": 0.5}
+        model_name, model_kwargs, out = args.model, {}, args.out
+        from .models import list_models
+
+        if model_name not in list_models():
+            raise ConfigError(
+                f"unknown model {model_name!r}; available: {', '.join(list_models())}"
+            )
+
+        def data_loader():
+            return load_dataset(
+                args.data,
+                args.data_root,
+                seed=args.split_seed,
+                val_size=args.val_size,
+                test_size=args.test_size,
+                limit=args.limit,
+                input_size=args.input_size,
+            )
+
+    for key in ("recipe", "epochs", "batch_size", "lr", "seed", "p_last"):
+        value = getattr(args, key)
+        if value is not None:
+            settings[key] = value
+    if settings.get("recipe") == "plain":
+        settings["p_last"] = 1.0
+    weights, _ = checkpoint_paths(out)
+    if weights.exists() and not args.force:
+        raise ConfigError(
+            f"{weights} exists; pass --force to overwrite it (studies searched with these "
+            "weights will not resume with new ones: give them another study name or storage)"
+        )
+    data = data_loader()
+    try:
+        result = train_and_save(
+            model_name, data, out, model_kwargs=model_kwargs, progress=not args.quiet, **settings
+        )
+    except KeyboardInterrupt:
+        print("\ninterrupted: training stopped, no checkpoint was saved.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    _out(
+        f"saved {result.checkpoint} (+ .json): {model_name} on {data.name}, "
+        f"{settings.get('recipe')}, {result.epochs} epochs in {result.seconds:.0f} s; "
+        f"val acc {result.val_accuracy:.4f}, test acc {result.test_accuracy:.4f}"
+    )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- front / plot
+
+
+def cmd_front(args: argparse.Namespace) -> int:
+    front, source, _ = _load_front(args.front)
+    if args.csv:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            _, csv_path = front.save(Path(tmp) / "front.json")
+            sys.stdout.write(csv_path.read_text())
+        return EXIT_OK
+    if args.json:
+        from .front import _clean
+
+        _out(json.dumps(_clean(front.data), indent=2))
+        return EXIT_OK
+    study = front.data["study"]
+    objs = ", ".join(f"{o.name} ({o.direction[:3]}, {o.unit})" for o in front.objectives)
+    _out(
+        f"{source}: study {study.get('name')}, engine {study.get('engine')}, "
+        f"{study.get('distinct_masks')} distinct masks; objectives {objs}"
+    )
+    _out(_front_table(front, strict_only=args.strict))
+    return EXIT_OK
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .front import Front
+
+    loaded = []
+    for arg in args.studies:
+        path = Path(arg)
+        if path.suffix == ".db":
+            from .study import StudyDB
+
+            db = StudyDB.load(path)
+            front = Front.from_study(db)
+        else:
+            cfg = _load_cfg(arg, check_files=False)
+            db = _open_db(cfg)
+            front = Front.from_study(db, epsilon=dict(cfg.search.epsilon) or None)
+        loaded.append((db, front))
+    files: list[Path] = []
+    names = [db.name for db, _ in loaded]
+    labels = args.labels.split(",") if args.labels else names
+    if len(labels) != len(loaded):
+        raise ConfigError(f"--labels gives {len(labels)} labels for {len(loaded)} studies")
+    out = Path(args.out) if args.out else Path("plots")
+    for db, front in loaded:
+        files += _plot_one(db, front, out)
+    if len(loaded) > 1:
+        from .plots import plot_fronts, plot_hypervolume
+
+        stem = "_vs_".join(names)
+        hv_path = out / f"{stem}-hypervolume"
+        fr_path = out / f"{stem}-fronts"
+        files += _as_paths(plot_hypervolume([db for db, _ in loaded], hv_path, labels=labels))
+        files += _as_paths(plot_fronts([f for _, f in loaded], fr_path, labels=labels))
+    for f in files:
+        _out(str(f))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- select / export
+
+_BUDGET_METRICS = ("accuracy", "flops", "params", "latency", "energy")
+
+
+def _model_for(front, ckpt: str | None, *, need_weights: bool, force: bool = False):
+    from .checkpoint import load_checkpoint
+
+    if ckpt is not None:
+        model, meta = load_checkpoint(ckpt)
+        _check_fingerprint(front, meta, ckpt, strict=need_weights and not force)
+        return model
+    if need_weights:
+        raise ConfigError(
+            "the weights are needed: pass --checkpoint (the model the front was searched for)"
+        )
+    spec = front.data.get("provenance", {}).get("model", {})
+    if "name" not in spec:
+        raise ConfigError("the front does not record its model; pass --checkpoint")
+    from .models import create_model
+
+    return create_model(spec["name"], **spec.get("kwargs", {}))
+
+
+def _member_lines(front, i: int, member: dict[str, Any]) -> list[str]:
+    ref = {k: v.get("value") for k, v in front.reference["metrics"].items()}
+    lines = [f"member {i}: mask {member['mask']} ({'strict' if member['strict'] else 'band'})"]
+    lines.append(f"  skipped   {', '.join(member['skipped']) or '(none: the full model)'}")
+    for name, m in member["metrics"].items():
+        v = m.get("value")
+        if v is None:
+            lines.append(f"  {name:<9} n/a ({m.get('source')}: {m.get('reason', '')})")
+            continue
+        rel = ""
+        if name != "accuracy" and ref.get(name):
+            rel = f" ({v / ref[name]:.1%} of the full model)"
+        spread = f" ± {m['spread']:.3g}" if m.get("spread") else ""
+        lines.append(f"  {name:<9} {v:.6g}{spread} {m.get('unit', '')}{rel}  [{m.get('source')}]")
+    if member.get("test_accuracy") is not None:
+        lines.append(f"  test acc  {member['test_accuracy']:.4f}")
+    return lines
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from .runtime import AdaptiveModel
+
+    front, _, cfg = _load_front(args.front)
+    budgets: dict[str, float | str] = {}
+    for name in _BUDGET_METRICS:
+        value = getattr(args, name)
+        if value is not None:
+            budgets[name] = value
+    for item in args.budget or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--budget {item!r}: write METRIC=VALUE, e.g. latency_ratio=0.6")
+        budgets[name.strip()] = _percent_or_number(value)
+    if not budgets:
+        raise ConfigError(
+            "give at least one budget, e.g. --flops 50% --accuracy 0.95 (see `paretoskip select --help`)"
+        )
+    ckpt = _checkpoint_for(args, cfg)
+    if ckpt is not None and args.checkpoint is None:
+        from .checkpoint import checkpoint_paths
+
+        if not checkpoint_paths(ckpt)[0].is_file():
+            ckpt = None  # the study's checkpoint is not needed for choosing
+    model = _model_for(front, ckpt, need_weights=False)
+    adaptive = AdaptiveModel(model, front.data)
+    from .errors import BudgetError
+
+    try:
+        member = adaptive.select(fallback=args.fallback, **budgets)
+    except BudgetError as exc:
+        raise BudgetError(
+            str(exc).replace("pass fallback='cheapest'", "pass --fallback cheapest")
+        ) from None
+    i = adaptive.current_index
+    if args.json:
+        _out(json.dumps({"index": i, **member}, indent=2))
+    else:
+        for line in _member_lines(front, i, member):
+            _out(line)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from .export import METHODS, export_configuration, save_exported
+    from .measure import count_flops
+    from .models import apply_mask
+
+    front, _, cfg = _load_front(args.front)
+    if args.member is not None:
+        if not 0 <= args.member < len(front.members):
+            raise ConfigError(
+                f"--member {args.member}: the front has members 0 to {len(front.members) - 1} "
+                "(see `paretoskip front`)"
+            )
+        member = front.members[args.member]
+        mask = member["mask"]
+    else:
+        mask = args.mask.strip()
+        member = next((m for m in front.members if m["mask"] == mask), None)
+        n = len(front.data["space"]["units"])
+        if len(mask) != n or set(mask) - {"0", "1"}:
+            raise ConfigError(f"--mask {mask!r}: give {n} bits of 0/1, one per unit (1 = skipped)")
+        if member is None and mask == front.reference.get("mask"):
+            member = {"mask": mask, **front.reference}  # the full model
+        elif member is None:
+            log.warning("mask %s is not a member of the front; exporting it anyway", mask)
+    ckpt = _checkpoint_for(args, cfg)
+    model = _model_for(front, ckpt, need_weights=True, force=args.force)
+    shape = tuple(model.input_shape)
+    x = torch.randn(args.batch_size, *shape, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        # torch.jit.* announce their deprecation on every call; the user chose TorchScript
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        exported = export_configuration(model, mask, example_input=x, method=args.method)
+        out = Path(args.out)
+        if out.suffix == "":
+            out = out.with_suffix(METHODS[args.method])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_exported(exported, out)
+    apply_mask(model, mask)
+    counted = count_flops(model)
+    with torch.inference_mode():
+        expected = model(x)
+        got = exported(x)
+    diff = float((expected - got).abs().max())
+    n_params = sum(int(t.numel()) for t in exported.state_dict().values())
+    skipped = [u for u, b in zip(front.data["space"]["units"], mask) if b == "1"]
+    _out(f"wrote {out} ({args.method}, input {list(x.shape)})")
+    _out(f"  mask      {mask}, skips {len(skipped)} units: {', '.join(skipped) or 'none'}")
+    flops = member["metrics"].get("flops", {}).get("value") if member is not None else None
+    if member is not None:
+        acc = member["metrics"].get("accuracy", {}).get("value")
+        test = member.get("test_accuracy")
+        _out(f"  front     val acc {_fmt(acc)}, test acc {_fmt(test)}")
+    same = (
+        ""
+        if flops is None
+        else (" (= the front's)" if counted == flops else f" (front: {flops:.6g})")
+    )
+    _out(f"  flops     {counted:.6g} per image{same}")
+    _out(f"  tensors   {n_params:,} values in the exported state dict")
+    _out(f"  check     max |exported - masked model| = {diff:.3g} on random input")
+    if not diff <= 1e-4 * max(1.0, float(expected.abs().max())):
+        raise ConfigError(f"the exported module differs from the masked model by {diff}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- info / worker
+
+
+def _version(module: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:  # noqa: BLE001
+        return "not installed"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    from . import __version__
+    from .data import DATASETS, DEFAULT_ROOTS
+    from .energy import probe_energy_meters
+    from .measure import hardware_info
+    from .models import list_models
+    from .search import ENGINES
+
+    hw = hardware_info()
+    _out(f"paretoskip  {__version__}")
+    _out(f"python      {platform.python_version()} ({sys.executable})")
+    for mod in ("torch", "torchvision", "optuna", "pymoo", "moocore", "numpy", "sqlalchemy"):
+        _out(f"{mod:<11} {_version(mod)}")
+    for mod in ("optuna-dashboard", "nvidia-ml-py", "zeus", "psycopg", "pymysql", "dask"):
+        v = _version(mod)
+        if v != "not installed":
+            _out(f"{mod:<11} {v}")
+    _out()
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = os.cpu_count()
+    _out(f"cpu         {hw['cpu']} ({hw['machine']}, {hw['system']})")
+    _out(f"cores       {os.cpu_count()} logical, {affinity} usable by this process")
+    _out(
+        f"threads     torch intra-op {torch.get_num_threads()}, inter-op "
+        f"{torch.get_num_interop_threads()}"
+        + (
+            f" (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})"
+            if "OMP_NUM_THREADS" in os.environ
+            else ""
+        )
+    )
+    _out(f"cuda        {'available' if torch.cuda.is_available() else 'not available'}")
+    _out()
+    _out("energy meters (measure.energy in a study file):")
+    for row in probe_energy_meters():
+        mark = "yes" if row["ok"] else "no "
+        _out(f"  {row['backend']:<10} {mark}  {row['detail']}")
+    _out()
+    _out(f"models      {', '.join(list_models())}")
+    found = []
+    for name in DATASETS:
+        roots = DEFAULT_ROOTS.get(name)
+        if roots:
+            here = any(Path(r).exists() for r in roots)
+            found.append(f"{name} ({'found' if here else 'not found'} at {', '.join(roots)})")
+        else:
+            found.append(name)
+    _out(f"datasets    {'; '.join(found)}")
+    _out(f"engines     {', '.join(ENGINES)}")
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    try:
+        from .worker import WORKER_ENGINES, run_worker
+    except ImportError as exc:
+        raise ConfigError(f"the worker is not available in this installation ({exc})") from None
+    from .config import build_data, build_evaluator, build_model
+
+    cfg = _load_cfg(args.study, check_files=True)
+    cfg = cfg.replace(storage=args.storage, budget=args.budget, seed=args.seed)
+    engine = args.engine
+    if engine is None and cfg.search.engine in WORKER_ENGINES:
+        engine = cfg.search.engine
+    if cfg.search.budget is None:
+        raise ConfigError(f"{cfg.source}: give --budget or search.budget (the whole study's)")
+    data = build_data(cfg)
+    model, meta = build_model(cfg, train_if_missing=False, progress=not args.quiet, data=data)
+    evaluator = build_evaluator(cfg, model, data, meta)
+    kwargs: dict[str, Any] = dict(
+        storage=cfg.storage,
+        study_name=cfg.name,
+        objectives=tuple(cfg.search.objectives),
+        constraints=tuple(cfg.search.constraints),
+        budget=cfg.search.budget,
+        seed=args.seed if args.seed is not None else None,
+        timeout=args.timeout if args.timeout is not None else cfg.search.timeout,
+        progress=not args.quiet,
+    )
+    if engine is not None:
+        kwargs["engine"] = engine
+        if engine == cfg.search.engine and cfg.search.options:
+            kwargs["engine_options"] = dict(cfg.search.options)
+    if engine is None:
+        log.info(
+            "the study's engine %s cannot be shared by workers; this worker uses the worker "
+            "default (an Optuna sampler; --engine chooses one)",
+            cfg.search.engine,
+        )
+    try:
+        summary = run_worker(evaluator, **kwargs)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: this worker's finished evaluations are in {cfg.storage}; "
+            "start it again to go on.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    if args.json:
+        _out(json.dumps(summary, indent=2, default=str))
+    else:
+        _out(
+            f"worker {summary.get('worker')} ({summary.get('engine')}, seed {summary.get('seed')}): "
+            f"{summary.get('new_evaluations')} new evaluations, {summary.get('cache_hits')} from "
+            f"the cache, in {summary.get('seconds', 0):.0f} s; the study {cfg.name} holds "
+            f"{summary.get('distinct_masks')} distinct masks (budget {cfg.search.budget})"
+        )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+_DESCRIPTION = """\
+Find the accuracy / FLOPs / latency / energy Pareto front of skip configurations of
+residual networks, and switch between them at run time.
+
+Start with `paretoskip run`: it trains the default digits ResNet-20 (stochastic depth) if
+its checkpoint is missing, searches, and writes the front file and plots."""
+
+_EPILOG = """\
+examples:
+  paretoskip run                                   # the default study, a few minutes
+  paretoskip run studies/fashion-mnist-resnet56.toml --budget 400
+  paretoskip front studies/digits-resnet20.front.json
+  paretoskip select studies/digits-resnet20.front.json --flops 50%
+  paretoskip info
+
+`paretoskip COMMAND --help` shows each command's options and examples."""
+
+_HELP: dict[str, tuple[str, str]] = {
+    "run": (
+        "train if needed, search, write the front file and plots",
+        """\
+Runs a whole study: loads the data, trains the model when its checkpoint is missing,
+searches (resuming the study database up to the budget), writes the front file
+(<storage dir>/<name>.front.json and .csv, or under --out) and the plots (plots/, or
+--plots DIR; PNG and PDF, named after the study), and prints the front.  Ctrl-C keeps every finished evaluation: run the
+same command again to resume.
+
+examples:
+  paretoskip run                                        # studies/digits-resnet20.toml
+  paretoskip run studies/fashion-mnist-resnet56.toml
+  paretoskip run fashion-mnist-resnet56                 # same: looks in studies/
+  paretoskip run studies/digits-resnet20.toml --budget 300 --engine nsga2
+  paretoskip run my.toml --storage postgresql+psycopg://user@host/db --no-plots""",
+    ),
+    "train": (
+        "train a skippable model and save its checkpoint",
+        """\
+Trains with stochastic depth (or plainly) and writes <out>.safetensors + <out>.json.
+With a study file, its [model], [model.train] and [data] settings are used and the
+checkpoint goes to its model.checkpoint; options override them.
+
+examples:
+  paretoskip train --model resnet20 --data digits --recipe stochastic-depth --epochs 30 \\
+      --out studies/checkpoints/digits-resnet20-sd
+  paretoskip train --model resnet56 --data fashion-mnist --limit 12000 --epochs 15 \\
+      --out studies/checkpoints/fm-r56
+  paretoskip train studies/digits-resnet20.toml --force     # retrain the study's model""",
+    ),
+    "search": (
+        "search a study (train if needed) and write its front file, no plots",
+        """\
+Like `run` without the plots.  Resumes the study up to its budget.
+
+examples:
+  paretoskip search studies/digits-resnet20.toml
+  paretoskip search studies/digits-resnet20.toml --budget 400 --timeout 600""",
+    ),
+    "front": (
+        "print the front of a study or front file as a table",
+        """\
+Reads a front file (.json), a study file (.toml; the front is read from its database) or a
+study database (.db).  The '#' column is the member number `select` and `export` use.
+
+examples:
+  paretoskip front studies/digits-resnet20.front.json
+  paretoskip front studies/digits-resnet20.toml
+  paretoskip front studies/digits-resnet20.toml --csv > front.csv""",
+    ),
+    "plot": (
+        "draw the plots of one or several studies",
+        """\
+Each study: every pair of objectives, hypervolume against evaluations and the units the
+front skips, as <name>_*.png and .pdf in plots/ (or --out DIR).  Several studies: also their
+hypervolume curves and fronts overlaid (<name1>_vs_<name2>-hypervolume, -fronts).
+
+examples:
+  paretoskip plot studies/digits-resnet20.toml
+  paretoskip plot studies/digits-resnet20.toml studies/digits-resnet20-plain.toml \\
+      --labels "stochastic depth,plain" """,
+    ),
+    "select": (
+        "choose the most accurate front member within budgets",
+        """\
+Prints the most accurate member that fits every budget.  A number is an absolute bound in
+the metric's unit (FLOPs per image, seconds per batch, joules, fraction); '50%' is relative
+to the full model.  Accuracy is a lower bound, every other metric an upper bound.
+
+examples:
+  paretoskip select studies/digits-resnet20.front.json --flops 50%
+  paretoskip select studies/digits-resnet20.toml --flops 60% --accuracy 0.9
+  paretoskip select front.json --checkpoint ckpt/r56 --latency 0.002 --fallback cheapest
+  paretoskip select front.json --budget latency_ratio=0.6 --json""",
+    ),
+    "export": (
+        "export one configuration as a standalone module without its skipped blocks",
+        """\
+Writes a torch.export (.pt2) or TorchScript (.pt) module of one front member (its number
+in `paretoskip front`) or any mask, checks it against the masked model, and prints its
+cost.  The weights come from --checkpoint, or from the study's checkpoint when FRONT is a
+study file.
+
+examples:
+  paretoskip export studies/digits-resnet20.toml --member 3 --out exports/r20-m3.pt2
+  paretoskip export front.json --checkpoint studies/checkpoints/digits-resnet20 \\
+      --mask 010000100 --method torchscript --out exports/r20.pt""",
+    ),
+    "info": (
+        "versions, threads, CPU, and which energy meters can read here",
+        """\
+examples:
+  paretoskip info""",
+    ),
+    "worker": (
+        "add a search worker to a shared study database",
+        """\
+Runs one more worker on the study's database (PostgreSQL, MySQL or Redis for several
+machines; SQLite for processes of one machine) with an Optuna sampler.  The checkpoint
+must exist (train it once with `paretoskip train STUDY`).
+
+examples:
+  paretoskip worker studies/digits-resnet20.toml --storage postgresql+psycopg://u@db/ps
+  paretoskip worker studies/digits-resnet20.toml --storage sqlite:///studies/digits-resnet20.db \\
+      --engine tpe --budget 400 --seed 2""",
+    ),
+}
+
+
+def _common_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no progress bars or log lines",
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="debug logging, and a traceback on errors",
+    )
+    return p
+
+
+def _search_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", type=_positive_int, help="distinct masks to evaluate in the study")
+    p.add_argument("--engine", help="search engine (see `paretoskip info`)")
+    p.add_argument("--timeout", type=_positive_float, help="stop this run after so many seconds")
+    p.add_argument("--storage", help="study database: a path (SQLite) or URL")
+    p.add_argument("--seed", type=_nonneg_int, help="engine seed")
+    p.add_argument("--out", help="front file (.json) or the folder for <name>.front.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``paretoskip``."""
+    from . import __version__
+
+    common = _common_parent()
+    parser = argparse.ArgumentParser(
+        prog="paretoskip",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"paretoskip {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
+    parser.add_argument("--debug", action="store_true", help="debug logging, tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+
+    def add(name: str) -> argparse.ArgumentParser:
+        summary, epilog = _HELP[name]
+        return sub.add_parser(
+            name,
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common],
+        )
+
+    p = add("run")
+    p.add_argument(
+        "study",
+        nargs="?",
+        metavar="STUDY",
+        help="study file (default studies/digits-resnet20.toml)",
+    )
+    _search_options(p)
+    p.add_argument("--plots", metavar="DIR", help="folder for the plots (default plots/)")
+    p.add_argument("--no-plots", action="store_true", help="do not draw plots")
+    p.set_defaults(func=cmd_run)
+
+    p = add("search")
+    p.add_argument("study", metavar="STUDY", help="study file (.toml)")
+    _search_options(p)
+    p.set_defaults(func=cmd_search)
+
+    p = add("train")
+    p.add_argument("study", nargs="?", metavar="STUDY", help="take the settings from a study file")
+    p.add_argument("--model", help="architecture, e.g. resnet20 (see `paretoskip info`)")
+    p.add_argument("--data", help="dataset: digits, fashion-mnist, cifar10, cifar100, imagefolder")
+    p.add_argument("--data-root", help="where the dataset files are")
+    p.add_argument("--recipe", choices=("stochastic-depth", "plain"))
+    p.add_argument("--epochs", type=_nonneg_int)
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--lr", type=_positive_float, help="peak learning rate")
+    p.add_argument(
+        "--p-last", type=_positive_float, help="stochastic-depth survival of the last block"
+    )
+    p.add_argument("--seed", type=_nonneg_int, help="training seed (weights, shuffling)")
+    p.add_argument("--split-seed", type=_nonneg_int, default=0, help="seed of the data split")
+    p.add_argument("--val-size", type=_size, default=0.2, help="fraction or count (default 0.2)")
+    p.add_argument("--test-size", type=_size, default=0.2, help="fraction or count (default 0.2)")
+    p.add_argument("--limit", type=_positive_int, help="use at most this many examples")
+    p.add_argument("--input-size", type=_positive_int, help="resize images to this side")
+    p.add_argument("--out", help="checkpoint path without suffix")
+    p.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = add("front")
+    p.add_argument(
+        "front", metavar="STUDY_OR_FRONT", help="front file (.json), study (.toml) or .db"
+    )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    g.add_argument("--json", action="store_true", help="print the front document as JSON")
+    p.add_argument("--strict", action="store_true", help="only the strictly non-dominated members")
+    p.set_defaults(func=cmd_front)
+
+    p = add("plot")
+    p.add_argument("studies", nargs="+", metavar="STUDY", help="study files (.toml) or .db files")
+    p.add_argument("--out", metavar="DIR", help="output folder (default plots/)")
+    p.add_argument("--labels", help="comma-separated legend labels, one per study")
+    p.set_defaults(func=cmd_plot)
+
+    p = add("select")
+    p.add_argument("front", metavar="FRONT", help="front file (.json) or study file (.toml)")
+    p.add_argument("--checkpoint", help="the model's checkpoint (checked against the front)")
+    for name, what in (
+        ("accuracy", "lowest accuracy, e.g. 0.95 or 99%%"),
+        ("flops", "FLOPs per image, e.g. 2e6 or 50%%"),
+        ("params", "parameters, e.g. 50%%"),
+        ("latency", "seconds per batch, e.g. 0.002 or 60%%"),
+        ("energy", "joules per batch, e.g. 0.5 or 70%%"),
+    ):
+        p.add_argument(f"--{name}", type=_percent_or_number, metavar="BOUND", help=what)
+    p.add_argument(
+        "--budget", action="append", metavar="METRIC=BOUND", help="any other metric of the front"
+    )
+    p.add_argument(
+        "--fallback",
+        choices=("error", "cheapest"),
+        default="error",
+        help="when nothing fits: fail (default) or take the cheapest member",
+    )
+    p.add_argument("--json", action="store_true", help="print the member as JSON")
+    p.set_defaults(func=cmd_select)
+
+    p = add("export")
+    p.add_argument("front", metavar="FRONT", help="front file (.json) or study file (.toml)")
+    p.add_argument("--checkpoint", help="the model's checkpoint (default: the study's)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--member", type=_nonneg_int, help="member number (see `paretoskip front`)")
+    g.add_argument("--mask", help="bitstring, one bit per unit, 1 = skipped")
+    p.add_argument(
+        "--out", required=True, help="output file (.pt2 for torch.export, .pt for TorchScript)"
+    )
+    p.add_argument("--method", choices=("torch.export", "torchscript"), default="torch.export")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=1, help="batch size the export is traced with"
+    )
+    p.add_argument("--force", action="store_true", help="export even if the weights differ")
+    p.set_defaults(func=cmd_export)
+
+    p = add("info")
+    p.set_defaults(func=cmd_info)
+
+    p = add("worker")
+    p.add_argument("study", metavar="STUDY", help="study file (.toml)")
+    p.add_argument("--storage", help="the shared study database URL (default: the study's)")
+    p.add_argument("--budget", type=_positive_int, help="distinct masks in the whole study")
+    p.add_argument("--seed", type=_nonneg_int, help="sampler seed (give each worker its own)")
+    p.add_argument("--engine", help="Optuna sampler: tpe, nsga2, nsga3, gp, random, bruteforce")
+    p.add_argument("--timeout", type=_positive_float, help="stop this worker after so many seconds")
+    p.add_argument("--json", action="store_true", help="print the worker's summary as JSON")
+    p.set_defaults(func=cmd_worker)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.quiet = bool(getattr(args, "quiet", False))
+    args.debug = bool(getattr(args, "debug", False))
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    with warnings.catch_warnings():
+        restore = _setup_logging(args.quiet, args.debug)
+        try:
+            return _call(args)
+        finally:
+            restore()
+
+
+def _call(args: argparse.Namespace) -> int:
+    try:
+        return int(args.func(args))
+    except ParetoSkipError as exc:
+        if args.debug:
+            raise
+        print(f"paretoskip: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `paretoskip front x --csv | head`
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
+        return EXIT_OK
