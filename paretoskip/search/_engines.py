@@ -138,6 +138,7 @@ class OptunaEngine(Engine):
             return cls(seed=self.seed, **o)
         if s == "tpe":
             o.setdefault("multivariate", True)
+            o.setdefault("constant_liar", True)  # several workers: avoid masks others are evaluating
             return optuna.samplers.TPESampler(seed=self.seed, **o)
         if s == "gp":
             return optuna.samplers.GPSampler(seed=self.seed, **o)
@@ -244,7 +245,9 @@ def _bits(space, params: dict[str, Any]) -> str:
     return space.to_bitstring(space.mask_from_genes([params[p] for p in space.param_names]))
 
 
-def _redo_stale(ctx: SearchContext, coord: Coordination, taking_over: set[str] = frozenset()):
+def _redo_stale(
+    ctx: SearchContext, coord: Coordination, taking_over: frozenset[str] | set[str] = frozenset()
+) -> None:
     """Fail RUNNING trials of dead workers and enqueue their masks again."""
     for mask in ctx.db.fail_stale_trials(coord.stale_after):
         coord.stale_failed += 1
