@@ -25,7 +25,7 @@ from paretoskip.front import Front
 from paretoskip.study import StudyDB
 
 
-def build(storage: str, n: int, units: int = 27) -> StudyDB:
+def build(storage: str, n: int, units: int = 12) -> StudyDB:
     rng = np.random.default_rng(0)
     objectives = [
         {"name": "accuracy", "direction": "maximize", "unit": "fraction"},
