@@ -22,7 +22,9 @@ from paretoskip.measure import hardware_info, measure_latency
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--batches", default="1,64")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -35,7 +37,9 @@ def main() -> None:
         n = len(paretoskip.models.skippable_units(model))
         mask = [i % 2 for i in range(n)]
         for batch in (int(b) for b in args.batches.split(",")):
-            s = measure_latency(model, mask, batch_size=batch, repeats=args.repeats, warmup=5, threads=args.threads)
+            s = measure_latency(
+                model, mask, batch_size=batch, repeats=args.repeats, warmup=5, threads=args.threads
+            )
             row = {
                 "model": name,
                 **asdict(s),
@@ -50,7 +54,10 @@ def main() -> None:
             )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"hardware": hardware_info(), "threads": args.threads, "rows": rows}, indent=2) + "\n")
+    out.write_text(
+        json.dumps({"hardware": hardware_info(), "threads": args.threads, "rows": rows}, indent=2)
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

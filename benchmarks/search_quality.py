@@ -60,7 +60,14 @@ def main() -> None:
     if not ckpt.with_suffix(".safetensors").exists():
         print("training resnet32 (stochastic depth) on digits ...")
         train_and_save(
-            "resnet32", data, ckpt, recipe="stochastic-depth", epochs=30, batch_size=64, seed=0, progress=False
+            "resnet32",
+            data,
+            ckpt,
+            recipe="stochastic-depth",
+            epochs=30,
+            batch_size=64,
+            seed=0,
+            progress=False,
         )
     model, meta = load_checkpoint(ckpt)
     space = paretoskip.SkipSpace.from_model(model, locked=["layer1.0", "layer2.0", "layer3.0"])

@@ -247,7 +247,9 @@ class Evaluator:
                 "settings": s,
                 "energy": energy,
                 # accuracy, FLOPs and parameters do not depend on the machine; timings do
-                "hardware": self.hardware if self.settings.latency or self._energy is not None else None,
+                "hardware": self.hardware
+                if self.settings.latency or self._energy is not None
+                else None,
             }
         )
 

@@ -11,7 +11,9 @@ import torch
 import paretoskip
 
 REQUIRE_SERVERS = os.environ.get("PARETOSKIP_REQUIRE_SERVERS") == "1"
-PG_ADMIN_URL = os.environ.get("PARETOSKIP_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_ADMIN_URL = os.environ.get(
+    "PARETOSKIP_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 
 
 @pytest.fixture(scope="session")

@@ -36,10 +36,14 @@ def test_prefix_tree_equals_naive(digits, tiny_model):
 
 
 def test_locked_prefix_and_groups_equal_naive(digits, tiny_model):
-    space = SkipSpace.from_model(tiny_model, locked=["layer1.0", "layer1.1"], groups=[["layer3.0", "layer3.1"]])
+    space = SkipSpace.from_model(
+        tiny_model, locked=["layer1.0", "layer1.1"], groups=[["layer3.0", "layer3.1"]]
+    )
     ev = Evaluator(tiny_model, digits, space=space)
     rng = random.Random(1)
-    masks = [space.mask_from_genes([rng.randint(0, 1) for _ in range(space.n_genes)]) for _ in range(12)]
+    masks = [
+        space.mask_from_genes([rng.randint(0, 1) for _ in range(space.n_genes)]) for _ in range(12)
+    ]
     assert ev.accuracy_many(masks) == [ev.naive_accuracy(m) for m in masks]
     with pytest.raises(MaskError, match="locked unit 'layer1.0'"):
         ev.evaluate("100000000")
@@ -57,7 +61,9 @@ def test_evaluation_records(digits, tiny_model):
     r = ev.evaluate("000000111")
     assert r.skipped == ("layer3.0", "layer3.1", "layer3.2")
     assert r.metrics["accuracy"].source == "measured:validation"
-    assert r.metrics["accuracy"].spread == pytest.approx(math.sqrt(r["accuracy"] * (1 - r["accuracy"]) / len(digits.val)))
+    assert r.metrics["accuracy"].spread == pytest.approx(
+        math.sqrt(r["accuracy"] * (1 - r["accuracy"]) / len(digits.val))
+    )
     assert r["flops"] == ev.costs.flops([0] * 6 + [1] * 3)
     assert r.metrics["flops"].unit == "FLOPs"
     assert "latency" not in r.metrics and "energy" not in r.metrics
@@ -67,7 +73,9 @@ def test_evaluation_records(digits, tiny_model):
 
 
 def test_latency_and_energy_fields(digits, tiny_model):
-    settings = MeasureSettings(latency=True, batch_size=2, repeats=3, warmup=1, energy="estimated", energy_seconds=0.05)
+    settings = MeasureSettings(
+        latency=True, batch_size=2, repeats=3, warmup=1, energy="estimated", energy_seconds=0.05
+    )
     ev = Evaluator(tiny_model, digits, settings=settings)
     r = ev.evaluate("101010101")
     assert r["latency"] > 0 and r.metrics["latency"].unit == "s"
@@ -106,7 +114,9 @@ def test_cache_misses_when_anything_changes(tmp_path, digits, tiny_model):
     base.evaluate("000000001")
     key = base.cache_key
 
-    changed_weights = paretoskip.create_model("resnet20", num_classes=10, in_channels=1, input_size=8).eval()
+    changed_weights = paretoskip.create_model(
+        "resnet20", num_classes=10, in_channels=1, input_size=8
+    ).eval()
     with torch.no_grad():
         changed_weights.load_state_dict(tiny_model.state_dict())
         changed_weights.fc.bias.add_(1e-3)
@@ -115,7 +125,12 @@ def test_cache_misses_when_anything_changes(tmp_path, digits, tiny_model):
         Evaluator(changed_weights, digits, cache=db),
         Evaluator(tiny_model, other_split, cache=db),
         Evaluator(tiny_model, digits, cache=db, settings=MeasureSettings(batch_size=32)),
-        Evaluator(tiny_model, digits, cache=db, settings=MeasureSettings(threads=torch.get_num_threads() + 1)),
+        Evaluator(
+            tiny_model,
+            digits,
+            cache=db,
+            settings=MeasureSettings(threads=torch.get_num_threads() + 1),
+        ),
     ]
     for ev in variants:
         assert ev.cache_key != key
@@ -153,7 +168,9 @@ def _run_writers(url):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     masks = [format(i, "012b") for i in range(60)]
-    procs = [ctx.Process(target=_worker, args=(url, masks[i::2] + masks[:20], queue)) for i in range(3)]
+    procs = [
+        ctx.Process(target=_worker, args=(url, masks[i::2] + masks[:20], queue)) for i in range(3)
+    ]
     for p in procs:
         p.start()
     for p in procs:

@@ -32,7 +32,9 @@ def test_flops_table_matches_direct_count(name, kwargs):
         hooks = []
         called = set()
         for mod in model.modules():
-            hooks.append(mod.register_forward_hook(lambda m, *_, seen_ids=called: seen_ids.add(id(m))))
+            hooks.append(
+                mod.register_forward_hook(lambda m, *_, seen_ids=called: seen_ids.add(id(m)))
+            )
         with torch.no_grad():
             model.eval()(torch.zeros(1, *model.input_shape))
         for h in hooks:
@@ -49,7 +51,9 @@ def test_flops_table_matches_direct_count(name, kwargs):
 def test_known_flops():
     table = count_costs(paretoskip.create_model("resnet56"))
     assert table.full_flops == pytest.approx(251.0e6, rel=2e-3)
-    assert count_costs(paretoskip.create_model("resnet20")).full_flops == pytest.approx(81.1e6, rel=2e-3)
+    assert count_costs(paretoskip.create_model("resnet20")).full_flops == pytest.approx(
+        81.1e6, rel=2e-3
+    )
 
 
 def test_projection_shortcut_costs_flops_when_skipped():

@@ -36,7 +36,10 @@ def test_round_trips(space):
 
 def test_fingerprint_changes_with_locking():
     model = paretoskip.create_model("resnet20")
-    assert SkipSpace.from_model(model).fingerprint != SkipSpace.from_model(model, locked=["layer1.0"]).fingerprint
+    assert (
+        SkipSpace.from_model(model).fingerprint
+        != SkipSpace.from_model(model, locked=["layer1.0"]).fingerprint
+    )
 
 
 @pytest.mark.parametrize(

@@ -138,7 +138,9 @@ class OptunaEngine(Engine):
             return cls(seed=self.seed, **o)
         if s == "tpe":
             o.setdefault("multivariate", True)
-            o.setdefault("constant_liar", True)  # several workers: avoid masks others are evaluating
+            o.setdefault(
+                "constant_liar", True
+            )  # several workers: avoid masks others are evaluating
             return optuna.samplers.TPESampler(seed=self.seed, **o)
         if s == "gp":
             return optuna.samplers.GPSampler(seed=self.seed, **o)
