@@ -23,8 +23,7 @@ def digits():
     return load_dataset("digits", seed=0)
 
 
-@pytest.fixture
-def tiny_model():
+def make_tiny_model():
     """An untrained resnet20 for 8×8 single-channel digits, with reproducible weights."""
     torch.manual_seed(0)
     model = paretoskip.create_model("resnet20", num_classes=10, in_channels=1, input_size=8)
@@ -34,6 +33,11 @@ def tiny_model():
             mod.running_mean.uniform_(-0.3, 0.3)
             mod.running_var.uniform_(0.5, 1.5)
     return model.eval()
+
+
+@pytest.fixture
+def tiny_model():
+    return make_tiny_model()
 
 
 def _unavailable(what: str, exc: Exception):

@@ -7,7 +7,7 @@ import random
 import time
 
 import pytest
-import torch
+from conftest import make_tiny_model
 from optuna.trial import TrialState
 
 import paretoskip
@@ -20,13 +20,7 @@ from paretoskip.parallel import EvaluatorSpec, ParallelEvaluator, split_batch
 
 def _tiny_model():
     """The conftest ``tiny_model`` (module-scoped fixtures cannot use it)."""
-    torch.manual_seed(0)
-    model = paretoskip.create_model("resnet20", num_classes=10, in_channels=1, input_size=8)
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.3, 0.3)
-            mod.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+    return make_tiny_model()
 
 
 def _masks(n, seed=0, units=9):
