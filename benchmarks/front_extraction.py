@@ -25,7 +25,7 @@ from paretoskip.front import Front
 from paretoskip.study import StudyDB
 
 
-def build(storage: str, n: int, units: int = 12) -> StudyDB:
+def build(storage: str, n: int, units: int = 16) -> StudyDB:
     rng = np.random.default_rng(0)
     objectives = [
         {"name": "accuracy", "direction": "maximize", "unit": "fraction"},
@@ -56,7 +56,9 @@ def build(storage: str, n: int, units: int = 12) -> StudyDB:
         },
     )
     dist = {f"skip.{u}": CategoricalDistribution((0, 1)) for u in meta["space"]["units"]}
-    masks = rng.integers(0, 2, size=(n, units))
+    # distinct masks (the front is a set of masks; Optuna's best_trials is a set of trials)
+    codes = rng.choice(2**units, size=n, replace=False)
+    masks = (codes[:, None] >> np.arange(units)[::-1]) & 1
     cost = 1 - masks.mean(1)
     acc = np.clip(0.95 * cost**0.3 + rng.normal(0, 0.02, n), 0, 1)
     lat = cost * rng.uniform(0.9, 1.1, n)
