@@ -144,3 +144,160 @@ def test_augment_batch_is_a_shifted_crop(flip):
             candidates += [c.flip(2) for c in candidates]
         assert any(torch.equal(out[i], c) for c in candidates)
     assert torch.equal(augment_batch(x, 0, False, gen), x)
+
+
+# --------------------------------------------------------------------------- recipes, resuming
+
+_RESUME_SCRIPT = """
+import sys
+from paretoskip.data import load_dataset
+from paretoskip.train import train_and_save
+data = load_dataset("digits", seed=0, limit=1200)
+train_and_save("resnet20", data, sys.argv[1], epochs=6, seed=5, threads=1, progress=False,
+               nesterov=True, label_smoothing=0.1, warmup_epochs=1)
+"""
+_RESUME_KWARGS = dict(
+    epochs=6,
+    seed=5,
+    threads=1,
+    progress=False,
+    nesterov=True,
+    label_smoothing=0.1,
+    warmup_epochs=1,
+)
+
+
+def _run_killed(out, fraction_of_an_epoch: float) -> int:
+    """Start a training subprocess; SIGKILL it ``fraction_of_an_epoch`` into its third epoch
+    (0: as soon as a state is saved)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from paretoskip.train import read_state, state_path_for
+
+    proc = subprocess.Popen([sys.executable, "-c", _RESUME_SCRIPT, str(out)])
+    state = state_path_for(out)
+
+    def epoch() -> int:
+        try:
+            return read_state(state).epoch
+        except Exception:  # noqa: BLE001 - not written yet
+            return 0
+
+    deadline = time.monotonic() + 300
+    try:
+        while epoch() < 1 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if fraction_of_an_epoch > 0:
+            t1 = time.monotonic()
+            while epoch() < 2 and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(fraction_of_an_epoch * (time.monotonic() - t1))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return proc.returncode
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.5])
+def test_training_killed_and_resumed_ends_with_the_same_weights(tmp_path, delay):
+    from paretoskip.train import read_state, state_path_for
+
+    small = load_dataset("digits", seed=0, limit=1200)
+    kwargs = _RESUME_KWARGS
+    straight = train_and_save("resnet20", small, tmp_path / "straight", **kwargs)
+
+    out = tmp_path / "killed"
+    assert _run_killed(out, delay) == -9
+    state = state_path_for(out)
+    assert state.exists(), "the killed run saved no training state"
+    done = read_state(state).epoch
+    assert 1 <= done < 6
+    resumed = train_and_save("resnet20", small, out, **kwargs)
+    assert resumed.resumed_from == done
+    assert not state.exists()  # removed once the checkpoint is written
+    a, meta_a = load_checkpoint(tmp_path / "straight")
+    b, meta_b = load_checkpoint(out)
+    assert meta_a["weights_fingerprint"] == meta_b["weights_fingerprint"]
+    assert weights_fingerprint(a) == weights_fingerprint(b) == weights_fingerprint(straight.model)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(meta_a["history"]) == strip(meta_b["history"])
+    assert meta_b["training_cost"]["resumed_from_epoch"] == done
+    assert meta_b["reproducibility"]["threads"] == 1
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    from paretoskip.errors import CheckpointError
+    from paretoskip.train import state_path_for
+
+    small = load_dataset("digits", seed=0, limit=300)
+    state = tmp_path / "r.train-state.safetensors"
+    train_model("resnet20", small, epochs=1, progress=False, state_path=state)
+    assert state.exists()
+    with pytest.raises(CheckpointError) as err:
+        train_model("resnet20", small, epochs=1, lr=0.05, progress=False, state_path=state)
+    assert "lr 0.1 → 0.05" in str(err.value) and "delete it" in str(err.value)
+    # the same settings resume at the end: nothing left to do, same weights
+    again = train_model("resnet20", small, epochs=1, progress=False, state_path=state)
+    assert again.resumed_from == 1
+    state.write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        train_model("resnet20", small, epochs=1, progress=False, state_path=state)
+    assert state_path_for(tmp_path / "x.safetensors") == tmp_path / "x.train-state.safetensors"
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"label_smoothing": 1.0}, "label_smoothing=1.0"),
+        ({"nesterov": True, "momentum": 0.0}, "nesterov=True needs momentum > 0"),
+        ({"warmup_epochs": 3, "epochs": 3}, "warmup_epochs=3 leaves no epoch"),
+        ({"warmup_epochs": -1}, "warmup_epochs=-1"),
+        ({"threads": 0}, "threads=0"),
+        ({"momentum": 1.5}, "momentum=1.5"),
+        ({"hflip": "yes"}, "hflip='yes'"),
+        ({"recipe_options": {"alpha": 0.5}}, "does not take ['alpha']"),
+        ({"p_last": 1.5}, "p_last=1.5"),
+    ],
+)
+def test_recipe_options_are_checked(small_digits, kwargs, words):
+    with pytest.raises(ConfigError) as err:
+        train_model("resnet20", small_digits, progress=False, **{"epochs": 1, **kwargs})
+    assert words in str(err.value)
+
+
+def test_registering_a_recipe_twice_is_refused():
+    from paretoskip.train import Recipe, get_recipe, register_recipe
+
+    class Again(Recipe):
+        name = "plain"
+
+    with pytest.raises(ConfigError, match="already registered"):
+        register_recipe(Again())
+    assert type(get_recipe("plain")).__name__ == "Plain"
+
+
+def test_nesterov_label_smoothing_and_flips_are_recorded(small_digits, tmp_path):
+    result = train_and_save(
+        "resnet20",
+        small_digits,
+        tmp_path / "r",
+        epochs=1,
+        progress=False,
+        nesterov=True,
+        label_smoothing=0.1,
+        hflip=True,
+        warmup_epochs=0.5,
+        threads=1,
+    )
+    meta = read_metadata(tmp_path / "r")
+    t = meta["training"]
+    assert t["nesterov"] is True and t["label_smoothing"] == 0.1
+    assert t["augment"] == {"random_crop_pad": 1, "hflip": True}
+    assert t["threads"] == 1 and t["passes_per_step"] == 1
+    assert meta["reproducibility"]["seed"] == 0
+    assert result.settings["schedule"].startswith(
+        f"linear warm-up {result.settings['steps_per_epoch'] // 2} steps"
+    )
