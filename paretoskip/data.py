@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import pickle
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,8 +219,12 @@ def _read_idx(path: Path) -> np.ndarray:
                 data = f.read()
         else:
             data = path.read_bytes()
-    except (OSError, EOFError) as exc:
-        raise DataNotFoundError(f"{str(path)!r} cannot be read: {exc}") from exc
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataNotFoundError(
+            f"{str(path)!r} cannot be read ({type(exc).__name__}: {exc}): the file is truncated "
+            "or corrupted; reinstall it (e.g. `apt-get install --reinstall "
+            "dataset-fashion-mnist`) or point root= at a good copy"
+        ) from exc
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in (0x08, 0x09):
         raise DataNotFoundError(f"{str(path)!r} is not an IDX file of bytes (bad magic number)")
     ndim = data[3]
@@ -284,10 +289,33 @@ def _load_fashion_mnist(root: str | os.PathLike | None) -> _Source:
     )
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR batch holds: dicts, lists, strings, bytes, numbers and
+    numpy arrays.  Any other global (a function, a class) is refused, so a crafted file cannot
+    run code; still, load only data you trust."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(
+                f"refusing {module}.{name}: a CIFAR batch holds only arrays, lists and strings"
+            )
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
+            obj = _CifarUnpickler(f, encoding="latin1").load()
     except Exception as exc:  # noqa: BLE001 - any failure means an unusable file
         raise DataNotFoundError(f"{str(path)!r} is not a readable CIFAR pickle: {exc}") from exc
     if not isinstance(obj, dict):

@@ -373,3 +373,37 @@ def test_imagefolder_not_found(tmp_path):
         load_dataset("imagefolder", tmp_path / "empty")
     with pytest.raises(DataNotFoundError):
         load_dataset("imagefolder")
+
+
+def test_fashion_mnist_corrupt_deflate_bytes(tmp_path):
+    """Bad compressed bytes inside a valid gzip header: one clear error, not zlib's."""
+    import zlib
+
+    _write_fashion(tmp_path)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    blob = bytearray(path.read_bytes())
+    for i in range(20, min(len(blob) - 8, 60)):
+        blob[i] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(zlib.error), gzip.open(path) as f:
+        f.read()  # the corruption reaches zlib itself, not only gzip's checks
+    with pytest.raises(DataNotFoundError) as err:
+        load_dataset("fashion-mnist", tmp_path)
+    assert "truncated or corrupted" in str(err.value) and "train-images" in str(err.value)
+
+
+def test_cifar_pickle_with_code_is_refused(tmp_path):
+    import os
+
+    d = _write_cifar10(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(d / "data_batch_3", "wb") as f:
+        pickle.dump({"data": Payload(), "labels": [0]}, f, protocol=2)
+    with pytest.raises(DataNotFoundError, match="refusing"):
+        load_dataset("cifar10", tmp_path)
+    assert not marker.exists()

@@ -301,3 +301,18 @@ def test_nesterov_label_smoothing_and_flips_are_recorded(small_digits, tmp_path)
     assert result.settings["schedule"].startswith(
         f"linear warm-up {result.settings['steps_per_epoch'] // 2} steps"
     )
+
+
+def test_step_schedule_of_the_original_papers():
+    from paretoskip.train import TrainSettings
+
+    s = TrainSettings(epochs=10, schedule="step", milestones=[5, 8], gamma=0.1, warmup_epochs=0)
+    factors = [s.lr_factor(i, steps_per_epoch=2) for i in range(20)]
+    assert factors[:10] == [1.0] * 10
+    assert factors[10:16] == pytest.approx([0.1] * 6) and factors[16:] == pytest.approx([0.01] * 4)
+    with pytest.raises(ConfigError, match="needs epochs > 0"):
+        TrainSettings(schedule="step")
+    with pytest.raises(ConfigError, match="belong to schedule='step'"):
+        TrainSettings(milestones=[3])
+    with pytest.raises(ConfigError, match="accepted: 'cosine', 'step'"):
+        TrainSettings(schedule="linear")

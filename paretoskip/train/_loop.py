@@ -70,9 +70,13 @@ class TrainSettings:
         momentum: SGD momentum.
         nesterov: Nesterov momentum.
         weight_decay: L2 penalty on every parameter.
-        warmup_epochs: linear warm-up length in epochs (fractions allowed), then a cosine
-            decay to 0 over the remaining steps, updated every step.  ``None``: one epoch,
-            at most a tenth of training.
+        warmup_epochs: linear warm-up length in epochs (fractions allowed), then the
+            schedule, updated every step.  ``None``: one epoch, at most a tenth of training.
+        schedule: ``"cosine"`` (decay to 0 over the steps after the warm-up) or ``"step"``
+            (multiply by ``gamma`` at each epoch in ``milestones``, as in the original ResNet
+            and stochastic-depth papers).
+        milestones: epochs (fractions allowed) of the ``"step"`` schedule's decays.
+        gamma: the ``"step"`` schedule's factor.
         label_smoothing: cross-entropy label smoothing in [0, 1).
         augment: random crop after zero padding of ``input_size // 8`` pixels (at least one)
             and, where it keeps the class, a horizontal flip; ``None`` = on.
@@ -96,6 +100,9 @@ class TrainSettings:
     nesterov: bool = False
     weight_decay: float = 5e-4
     warmup_epochs: float | None = None
+    schedule: str = "cosine"
+    milestones: tuple[float, ...] = ()
+    gamma: float = 0.1
     label_smoothing: float = 0.0
     augment: bool | None = None
     hflip: bool | None = None
@@ -129,6 +136,20 @@ class TrainSettings:
                 f"warmup_epochs={self.warmup_epochs} leaves no epoch for the cosine decay "
                 f"of epochs={self.epochs}; give fewer warm-up epochs"
             )
+        if self.schedule not in ("cosine", "step"):
+            raise bad("schedule", "accepted: 'cosine', 'step'")
+        object.__setattr__(self, "milestones", tuple(self.milestones))
+        if self.schedule == "step":
+            if not self.milestones or not all(_is_num(m) and m > 0 for m in self.milestones):
+                raise bad("milestones", "the 'step' schedule needs epochs > 0, e.g. [82, 123]")
+            if list(self.milestones) != sorted(self.milestones):
+                raise bad("milestones", "give them in increasing order")
+            if not _is_num(self.gamma) or not 0 < self.gamma < 1:
+                raise bad("gamma", "give a number in (0, 1)")
+        elif self.milestones:
+            raise ConfigError(
+                f"milestones={list(self.milestones)} belong to schedule='step' (now {self.schedule!r})"
+            )
         if not _is_num(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
             raise bad("label_smoothing", "give a number in [0, 1)")
         for name in ("augment", "hflip"):
@@ -149,6 +170,10 @@ class TrainSettings:
         """The learning-rate multiplier of optimizer step ``step`` (0-based)."""
         total = max(1, self.epochs * steps_per_epoch)
         warmup = self.warmup_steps(steps_per_epoch)
+        if self.schedule == "step":
+            decays = sum(1 for m in self.milestones if step >= m * steps_per_epoch)
+            f = self.gamma**decays
+            return f * (step + 1) / warmup if step < warmup else f
         if step < warmup:
             return (step + 1) / warmup
         return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
