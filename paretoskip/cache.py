@@ -15,13 +15,14 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-__all__ = ["EvalCache", "CacheKey", "storage_url"]
+from .storage import StorageLocation
+
+__all__ = ["EvalCache", "CacheKey"]
 
 _META = sa.MetaData()
 _TABLE = sa.Table(
@@ -35,15 +36,6 @@ _TABLE = sa.Table(
     sa.Column("seconds", sa.Float, nullable=False),
     sa.Column("created", sa.Float, nullable=False),
 )
-
-
-def storage_url(path_or_url: str | os.PathLike) -> str:
-    """An SQLAlchemy URL for a database path or URL (``studies/x.db`` → ``sqlite:///studies/x.db``)."""
-    text = os.fspath(path_or_url)
-    if "://" in text:
-        return text
-    Path(text).parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{text}"
 
 
 @dataclass(frozen=True)
@@ -77,23 +69,10 @@ class EvalCache:
         {'0101': {'accuracy': {'value': 0.9}}}
     """
 
-    def __init__(self, url: str | os.PathLike):
-        self.url = storage_url(url)
-        kwargs: dict[str, Any] = {}
-        if self.url.startswith("sqlite"):
-            kwargs["connect_args"] = {"timeout": 60}
-            if self.url in ("sqlite://", "sqlite:///:memory:"):
-                kwargs["poolclass"] = sa.pool.StaticPool
-                kwargs["connect_args"]["check_same_thread"] = False
-        self.engine = sa.create_engine(self.url, **kwargs)
-        if self.url.startswith("sqlite") and self.url not in ("sqlite://", "sqlite:///:memory:"):
-
-            @sa.event.listens_for(self.engine, "connect")
-            def _wal(dbapi_conn, _record):  # concurrent readers with one writer
-                dbapi_conn.execute("PRAGMA journal_mode=WAL")
-                dbapi_conn.execute("PRAGMA synchronous=NORMAL")
-                dbapi_conn.execute("PRAGMA busy_timeout=60000")
-
+    def __init__(self, url: str | os.PathLike | StorageLocation):
+        location = StorageLocation.parse(url, journal_files=False)
+        self.url = location.url
+        self.engine = location.prepare().create_engine()
         for attempt in range(5):
             try:
                 _META.create_all(self.engine, checkfirst=True)

@@ -78,7 +78,7 @@ def library_versions() -> dict[str, str]:
     import safetensors
     import torchvision
 
-    from . import __version__
+    from ._version import __version__
 
     return {
         "paretoskip": __version__,

@@ -33,28 +33,6 @@ EXIT_OK = 0
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
-_MINIMAL_STUDY = """\
-[study]
-name = "digits-resnet20"
-
-[model]
-name = "resnet20"
-
-[model.train]
-recipe = "stochastic-depth"
-epochs = 30
-p_last = 0.5
-
-[data]
-name = "digits"
-
-[search]
-engine = "pymoo-nsga2"
-budget = 200
-objectives = ["accuracy", "flops"]
-"""
-
-
 # --------------------------------------------------------------------------- output
 
 
@@ -143,24 +121,23 @@ def _size(text: str) -> int | float:
         ) from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
-    return v
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{v} must be >= {minimum}")
+        return v
+
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} must be >= 0")
-    return v
+_positive_int = _int_at_least(1)
+_nonneg_int = _int_at_least(0)
 
 
 def _positive_float(text: str) -> float:
@@ -178,7 +155,7 @@ def _positive_float(text: str) -> float:
 
 def _resolve_study(arg: str | None) -> Path:
     """The study file named on the command line (or the default study)."""
-    from .config import DEFAULT_STUDY
+    from .config import DEFAULT_STUDY, MINIMAL_STUDY
 
     if arg is None:
         path = Path(DEFAULT_STUDY)
@@ -187,7 +164,7 @@ def _resolve_study(arg: str | None) -> Path:
                 f"the default study {DEFAULT_STUDY} is not in the working directory {os.getcwd()}.\n"
                 "Run `paretoskip run` from the root of a paretoskip checkout (the file ships in "
                 "its studies/ folder), or pass a study file: `paretoskip run path/to/study.toml`.\n"
-                f"A minimal study file (save it as {DEFAULT_STUDY}):\n\n{_MINIMAL_STUDY}"
+                f"A minimal study file (save it as {DEFAULT_STUDY}):\n\n{MINIMAL_STUDY}"
             )
         return path
     path = Path(arg)
@@ -202,32 +179,15 @@ def _load_cfg(arg: str | None, *, check_files: bool = True):
     return load_study_config(_resolve_study(arg), check_files=check_files)
 
 
-def _is_file_db(url: str) -> Path | None:
-    """The file of a SQLite URL or journal path (None for a server database)."""
-    if url.startswith("sqlite:///"):
-        rest = url[len("sqlite:///") :]
-        return None if rest in ("", ":memory:") else Path(rest)
-    if "://" not in url:
-        return Path(url)
-    return None
+def _pipeline(arg: str | None, *, check_files: bool = True, **overrides: Any):
+    from .pipeline import StudyPipeline
 
-
-def _open_db(cfg):
-    from .study import StudyDB
-
-    storage = cfg.storage
-    file = _is_file_db(storage if "://" in storage else f"sqlite:///{storage}")
-    if "://" not in storage and storage.endswith(".log"):
-        file = Path(storage)
-    if file is not None and not file.is_file():
-        raise ConfigError(
-            f"{cfg.source}: no study database at {file} yet; run `paretoskip run {cfg.source}` first"
-        )
-    return StudyDB.load(storage, cfg.name)
+    cfg = _load_cfg(arg, check_files=check_files)
+    return StudyPipeline(cfg.replace(**overrides) if overrides else cfg)
 
 
 def _load_front(arg: str):
-    """(Front, source text, StudyConfig or None) for a front JSON, a study TOML or a .db file."""
+    """(Front, source text, StudyPipeline or None) for a front JSON, a study TOML or a .db file."""
     from .front import Front
 
     path = Path(arg)
@@ -238,33 +198,17 @@ def _load_front(arg: str):
             raise ConfigError(f"study database {path} does not exist")
         from .study import StudyDB
 
-        db = StudyDB.load(path)
-        return Front.from_study(db), str(path), None
-    cfg = _load_cfg(arg, check_files=False)
-    db = _open_db(cfg)
-    return Front.from_study(db, epsilon=dict(cfg.search.epsilon) or None), str(cfg.source), cfg
+        return Front.from_study(StudyDB.load(path)), str(path), None
+    pipe = _pipeline(arg, check_files=False)
+    return pipe.front(), str(pipe.cfg.source), pipe
 
 
-def _checkpoint_for(args: argparse.Namespace, cfg) -> str | None:
+def _checkpoint_for(args: argparse.Namespace, pipe) -> str | None:
     if args.checkpoint is not None:
         return args.checkpoint
-    if cfg is not None:
-        return cfg.model.checkpoint
+    if pipe is not None:
+        return pipe.cfg.model.checkpoint
     return None
-
-
-def _check_fingerprint(front, meta: dict[str, Any], ckpt: str, *, strict: bool) -> None:
-    expected = front.data.get("provenance", {}).get("model", {}).get("fingerprint")
-    actual = meta.get("weights_fingerprint")
-    if expected and actual and expected != actual:
-        msg = (
-            f"the checkpoint {ckpt} has other weights than the model the front was searched for "
-            f"(fingerprint {actual[:12]}…, front {expected[:12]}…): the front's accuracies do not "
-            "describe it"
-        )
-        if strict:
-            raise ConfigError(msg + "; pass --force to go on anyway")
-        log.warning(msg)
 
 
 # --------------------------------------------------------------------------- run / search
@@ -310,7 +254,9 @@ def _interrupted_message(args: argparse.Namespace, cfg, stage: str) -> None:
         return
     count = ""
     try:
-        db = _open_db(cfg)
+        from .pipeline import StudyPipeline
+
+        db = StudyPipeline(cfg).open_study()
         count = f" ({len(db.evaluated_masks())} distinct masks evaluated)"
     except Exception:  # noqa: BLE001 - best effort, the message matters more
         pass
@@ -322,43 +268,39 @@ def _interrupted_message(args: argparse.Namespace, cfg, stage: str) -> None:
 
 
 def _search_study(args: argparse.Namespace, *, plots: bool) -> int:
-    from .config import build_data, build_evaluator, build_model, front_path, search_kwargs
-    from .search import search
-
     started = time.monotonic()
-    cfg = _load_cfg(getattr(args, "study", None), check_files=True)
-    cfg = cfg.replace(
+    pipe = _pipeline(
+        getattr(args, "study", None),
         budget=args.budget,
         engine=args.engine,
         timeout=args.timeout,
         storage=args.storage,
         seed=args.seed,
     )
+    cfg = pipe.cfg
     progress = not args.quiet
     log.info("%s", _describe_cfg(cfg))
     stage = "loading"
     try:
-        data = build_data(cfg)
-        from .checkpoint import checkpoint_paths
-
-        stage = "training" if not checkpoint_paths(cfg.model.checkpoint)[0].is_file() else "loading"
-        model, meta = build_model(cfg, progress=progress, data=data)
+        pipe.data()
+        stage = "training" if pipe.needs_training() else "loading"
+        pipe.model(progress=progress)
         stage = "searching"
-        evaluator = build_evaluator(cfg, model, data, meta)
-        log.info("study database %s", cfg.storage_url)
-        front = search(evaluator, progress=progress, **search_kwargs(cfg))
+        pipe.evaluator()
+        log.info("study database %s", cfg.location.redacted)
+        front = pipe.search(progress=progress)
     except KeyboardInterrupt:
         _interrupted_message(args, cfg, stage)
         return EXIT_INTERRUPTED
 
-    json_path, csv_path = front.save(front_path(cfg, args.out))
+    json_path, csv_path = front.save(pipe.front_path(args.out))
     status = EXIT_OK
     plot_files: list[Path] = []
     plot_note = ""
     if plots and not args.no_plots:
         plot_dir = Path(args.plots) if args.plots else Path("plots")
         try:
-            plot_files = _plot_one(_open_db(cfg), front, plot_dir)
+            plot_files = pipe.plot(front, plot_dir)
         except ImportError as exc:
             plot_note = f"skipped ({exc})"
             log.warning("plots skipped: %s", exc)
@@ -389,7 +331,7 @@ def _search_study(args: argparse.Namespace, *, plots: bool) -> int:
     elif plots:
         plot_note = "skipped (--no-plots)"
 
-    _out(_front_table(front, strict_only=True))
+    _out(front.table(strict_only=True))
     _out()
     run = front.data["study"].get("run", {})
     evals = front.data["study"].get("distinct_masks")
@@ -407,7 +349,7 @@ def _search_study(args: argparse.Namespace, *, plots: bool) -> int:
                 f"            stopped before the budget (timeout?): `{_resume_command(args, cfg)}` "
                 "continues"
             )
-    _out(f"database    {cfg.storage_url}")
+    _out(f"database    {cfg.location.redacted}")
     ref = front.reference
     ref_acc = ref["metrics"].get("accuracy", {}).get("value")
     test = ref.get("test_accuracy")
@@ -423,45 +365,6 @@ def _search_study(args: argparse.Namespace, *, plots: bool) -> int:
     return status
 
 
-def _front_table(front, *, strict_only: bool = False) -> str:
-    """The front as a text table; '#' is the member number `select`/`export` use."""
-    objs = front.objectives
-    ref = {k: v.get("value") for k, v in front.reference["metrics"].items()}
-    show_mask = len(front.data["space"]["units"]) <= 32
-    head = ["#", "strict", *(["mask"] if show_mask else []), "skipped"]
-    head += [f"{o.name} [{o.unit}]" for o in objs] + ["test acc"]
-    rows = []
-    for i, m in enumerate(front.members):
-        if strict_only and not m["strict"]:
-            continue
-        cells = [str(i), "yes" if m["strict"] else "band"]
-        cells += [m["mask"]] if show_mask else []
-        cells.append(str(len(m["skipped"])))
-        for o in objs:
-            v = m["metrics"].get(o.name, {}).get("value")
-            if v is None:
-                cells.append("n/a")
-            elif o.name == "accuracy":
-                cells.append(f"{v:.4f}")
-            else:
-                rel = f" ({v / ref[o.name]:.0%})" if ref.get(o.name) else ""
-                cells.append(f"{v:.4g}{rel}")
-        cells.append(_fmt(m.get("test_accuracy")))
-        rows.append(cells)
-    widths = [max(len(r[j]) for r in [head, *rows]) for j in range(len(head))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    hidden = len(front.members) - len(rows)
-    if hidden:
-        lines.append(
-            f"(+ {hidden} members in the near-Pareto band, within measurement spread of the "
-            "front: `paretoskip front` lists them)"
-        )
-    point = front.data["hypervolume"].get("reference_point")
-    lines.append(f"hypervolume {front.hypervolume:.4f} (reference point {point})")
-    return "\n".join(lines)
-
-
 def _fmt(v: Any) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
@@ -471,21 +374,6 @@ def _common_dir(paths: Sequence[Path]) -> str:
         return os.path.commonpath([str(Path(p).parent) for p in paths]) + os.sep
     except ValueError:
         return ", ".join(map(str, paths))
-
-
-def _as_paths(result: Any, fallback_dir: Path | None = None) -> list[Path]:
-    if result is None:
-        return sorted(p for p in fallback_dir.iterdir() if p.is_file()) if fallback_dir else []
-    if isinstance(result, (str, os.PathLike)):
-        return [Path(result)]
-    return [Path(p) for p in result]
-
-
-def _plot_one(db, front, out_dir: Path) -> list[Path]:
-    from .plots import plot_study
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return _as_paths(plot_study(db, front, out_dir), out_dir)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -500,24 +388,17 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .checkpoint import checkpoint_paths
-    from .data import load_dataset
-    from .train import train_and_save
+    from .pipeline import DEFAULT_TRAINING, train_checkpoint
 
-    settings: dict[str, Any]
     if args.study is not None:
         if args.model is not None or args.data is not None:
             raise ConfigError(
                 "--model and --data come from the study file; give either a study file or them"
             )
-        cfg = _load_cfg(args.study, check_files=False)
-        from .config import TrainSection, build_data
-
-        t = cfg.model.train if cfg.model.train.enabled else TrainSection(seed=cfg.study.seed)
-        settings = t.kwargs()
-        model_name, model_kwargs = cfg.model.name, dict(cfg.model.kwargs)
-        out = args.out or cfg.model.checkpoint
-        data_loader = lambda: build_data(cfg)  # noqa: E731
+        pipe = _pipeline(args.study, check_files=False)
+        model_name, model_kwargs, out, settings = pipe.train_settings()
+        out = args.out or out
+        data_loader, data_name = pipe.data, pipe.cfg.data.name
     else:
         if args.model is None or args.data is None:
             raise ConfigError(
@@ -525,48 +406,49 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         if args.out is None:
             raise ConfigError("--out is required without a study file (where the checkpoint goes)")
-        settings = {"recipe": "stochastic-depth", "epochs": 30, "seed": 0, "p_last": 0.5}
-        model_name, model_kwargs, out = args.model, {}, args.out
+        from .config import DataSection
         from .models import list_models
+        from .pipeline import load_data
 
+        model_name, model_kwargs, out, data_name = args.model, {}, args.out, args.data
+        settings = dict(DEFAULT_TRAINING)
         if model_name not in list_models():
             raise ConfigError(
                 f"unknown model {model_name!r}; available: {', '.join(list_models())}"
             )
 
+        section = DataSection(
+            name=args.data,
+            root=args.data_root,
+            split_seed=args.split_seed,
+            val_size=args.val_size,
+            test_size=args.test_size,
+            limit=args.limit,
+            input_size=args.input_size,
+        )
+
         def data_loader():
-            return load_dataset(
-                args.data,
-                args.data_root,
-                seed=args.split_seed,
-                val_size=args.val_size,
-                test_size=args.test_size,
-                limit=args.limit,
-                input_size=args.input_size,
-            )
+            return load_data(section)
 
     for key in ("recipe", "epochs", "batch_size", "lr", "seed", "p_last"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
-    if settings.get("recipe") == "plain":
-        settings["p_last"] = 1.0
-    weights, _ = checkpoint_paths(out)
-    if weights.exists() and not args.force:
-        raise ConfigError(
-            f"{weights} exists; pass --force to overwrite it (studies searched with these "
-            "weights will not resume with new ones: give them another study name or storage)"
-        )
-    data = data_loader()
     try:
-        result = train_and_save(
-            model_name, data, out, model_kwargs=model_kwargs, progress=not args.quiet, **settings
+        result = train_checkpoint(
+            model_name,
+            data_loader,
+            out,
+            model_kwargs=model_kwargs,
+            settings=settings,
+            force=args.force,
+            progress=not args.quiet,
         )
     except KeyboardInterrupt:
         print("\ninterrupted: training stopped, no checkpoint was saved.", file=sys.stderr)
         return EXIT_INTERRUPTED
     _out(
-        f"saved {result.checkpoint} (+ .json): {model_name} on {data.name}, "
+        f"saved {result.checkpoint} (+ .json): {model_name} on {data_name}, "
         f"{settings.get('recipe')}, {result.epochs} epochs in {result.seconds:.0f} s; "
         f"val acc {result.val_accuracy:.4f}, test acc {result.test_accuracy:.4f}"
     )
@@ -586,22 +468,23 @@ def cmd_front(args: argparse.Namespace) -> int:
             sys.stdout.write(csv_path.read_text())
         return EXIT_OK
     if args.json:
-        from .front import _clean
+        from .front import clean_json
 
-        _out(json.dumps(_clean(front.data), indent=2))
+        _out(json.dumps(clean_json(front.data), indent=2))
         return EXIT_OK
-    study = front.data["study"]
+    study = front.data.get("study", {})
     objs = ", ".join(f"{o.name} ({o.direction[:3]}, {o.unit})" for o in front.objectives)
     _out(
         f"{source}: study {study.get('name')}, engine {study.get('engine')}, "
         f"{study.get('distinct_masks')} distinct masks; objectives {objs}"
     )
-    _out(_front_table(front, strict_only=args.strict))
+    _out(front.table(strict_only=args.strict))
     return EXIT_OK
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from .front import Front
+    from .pipeline import plot_front
 
     loaded = []
     for arg in args.studies:
@@ -609,29 +492,26 @@ def cmd_plot(args: argparse.Namespace) -> int:
         if path.suffix == ".db":
             from .study import StudyDB
 
-            db = StudyDB.load(path)
-            front = Front.from_study(db)
+            front = Front.from_study(StudyDB.load(path))
         else:
-            cfg = _load_cfg(arg, check_files=False)
-            db = _open_db(cfg)
-            front = Front.from_study(db, epsilon=dict(cfg.search.epsilon) or None)
-        loaded.append((db, front))
+            front = _pipeline(arg, check_files=False).front()
+        loaded.append(front)
     files: list[Path] = []
-    names = [db.name for db, _ in loaded]
+    names = [f.study.name for f in loaded]
     labels = args.labels.split(",") if args.labels else names
     if len(labels) != len(loaded):
         raise ConfigError(f"--labels gives {len(labels)} labels for {len(loaded)} studies")
     out = Path(args.out) if args.out else Path("plots")
-    for db, front in loaded:
-        files += _plot_one(db, front, out)
+    for front in loaded:
+        files += plot_front(front, out)
     if len(loaded) > 1:
         from .plots import plot_fronts, plot_hypervolume
 
         stem = "_vs_".join(names)
-        hv_path = out / f"{stem}-hypervolume"
-        fr_path = out / f"{stem}-fronts"
-        files += _as_paths(plot_hypervolume([db for db, _ in loaded], hv_path, labels=labels))
-        files += _as_paths(plot_fronts([f for _, f in loaded], fr_path, labels=labels))
+        files += plot_hypervolume(
+            [f.study for f in loaded], out / f"{stem}-hypervolume", labels=labels
+        )
+        files += plot_fronts(loaded, out / f"{stem}-fronts", labels=labels)
     for f in files:
         _out(str(f))
     return EXIT_OK
@@ -639,29 +519,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- select / export
 
-_BUDGET_METRICS = ("accuracy", "flops", "params", "latency", "energy")
-
-
-def _model_for(front, ckpt: str | None, *, need_weights: bool, force: bool = False):
-    from .checkpoint import load_checkpoint
-
-    if ckpt is not None:
-        model, meta = load_checkpoint(ckpt)
-        _check_fingerprint(front, meta, ckpt, strict=need_weights and not force)
-        return model
-    if need_weights:
-        raise ConfigError(
-            "the weights are needed: pass --checkpoint (the model the front was searched for)"
-        )
-    spec = front.data.get("provenance", {}).get("model", {})
-    if "name" not in spec:
-        raise ConfigError("the front does not record its model; pass --checkpoint")
-    from .models import create_model
-
-    return create_model(spec["name"], **spec.get("kwargs", {}))
-
 
 def _member_lines(front, i: int, member: dict[str, Any]) -> list[str]:
+    from .metrics import METRICS
+
     ref = {k: v.get("value") for k, v in front.reference["metrics"].items()}
     lines = [f"member {i}: mask {member['mask']} ({'strict' if member['strict'] else 'band'})"]
     lines.append(f"  skipped   {', '.join(member['skipped']) or '(none: the full model)'}")
@@ -671,7 +532,8 @@ def _member_lines(front, i: int, member: dict[str, Any]) -> list[str]:
             lines.append(f"  {name:<9} n/a ({m.get('source')}: {m.get('reason', '')})")
             continue
         rel = ""
-        if name != "accuracy" and ref.get(name):
+        spec = METRICS.get(name)
+        if not (spec is not None and spec.is_fraction) and ref.get(name):
             rel = f" ({v / ref[name]:.1%} of the full model)"
         spread = f" ± {m['spread']:.3g}" if m.get("spread") else ""
         lines.append(f"  {name:<9} {v:.6g}{spread} {m.get('unit', '')}{rel}  [{m.get('source')}]")
@@ -681,11 +543,14 @@ def _member_lines(front, i: int, member: dict[str, Any]) -> list[str]:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
+    from .errors import BudgetError
+    from .metrics import budget_names
+    from .pipeline import model_for_front
     from .runtime import AdaptiveModel
 
-    front, _, cfg = _load_front(args.front)
+    front, _, pipe = _load_front(args.front)
     budgets: dict[str, float | str] = {}
-    for name in _BUDGET_METRICS:
+    for name in budget_names():
         value = getattr(args, name)
         if value is not None:
             budgets[name] = value
@@ -698,16 +563,14 @@ def cmd_select(args: argparse.Namespace) -> int:
         raise ConfigError(
             "give at least one budget, e.g. --flops 50% --accuracy 0.95 (see `paretoskip select --help`)"
         )
-    ckpt = _checkpoint_for(args, cfg)
+    ckpt = _checkpoint_for(args, pipe)
     if ckpt is not None and args.checkpoint is None:
         from .checkpoint import checkpoint_paths
 
         if not checkpoint_paths(ckpt)[0].is_file():
             ckpt = None  # the study's checkpoint is not needed for choosing
-    model = _model_for(front, ckpt, need_weights=False)
+    model = model_for_front(front, ckpt, need_weights=False)
     adaptive = AdaptiveModel(model, front.data)
-    from .errors import BudgetError
-
     try:
         member = adaptive.select(fallback=args.fallback, **budgets)
     except BudgetError as exc:
@@ -724,69 +587,37 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import torch
+    from .pipeline import export_member, model_for_front, resolve_member
 
-    from .export import METHODS, export_configuration, save_exported
-    from .measure import count_flops
-    from .models import apply_mask
-
-    front, _, cfg = _load_front(args.front)
-    if args.member is not None:
-        if not 0 <= args.member < len(front.members):
-            raise ConfigError(
-                f"--member {args.member}: the front has members 0 to {len(front.members) - 1} "
-                "(see `paretoskip front`)"
-            )
-        member = front.members[args.member]
-        mask = member["mask"]
-    else:
-        mask = args.mask.strip()
-        member = next((m for m in front.members if m["mask"] == mask), None)
-        n = len(front.data["space"]["units"])
-        if len(mask) != n or set(mask) - {"0", "1"}:
-            raise ConfigError(f"--mask {mask!r}: give {n} bits of 0/1, one per unit (1 = skipped)")
-        if member is None and mask == front.reference.get("mask"):
-            member = {"mask": mask, **front.reference}  # the full model
-        elif member is None:
-            log.warning("mask %s is not a member of the front; exporting it anyway", mask)
-    ckpt = _checkpoint_for(args, cfg)
-    model = _model_for(front, ckpt, need_weights=True, force=args.force)
-    shape = tuple(model.input_shape)
-    x = torch.randn(args.batch_size, *shape, generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings():
-        # torch.jit.* announce their deprecation on every call; the user chose TorchScript
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-        exported = export_configuration(model, mask, example_input=x, method=args.method)
-        out = Path(args.out)
-        if out.suffix == "":
-            out = out.with_suffix(METHODS[args.method])
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_exported(exported, out)
-    apply_mask(model, mask)
-    counted = count_flops(model)
-    with torch.inference_mode():
-        expected = model(x)
-        got = exported(x)
-    diff = float((expected - got).abs().max())
-    n_params = sum(int(t.numel()) for t in exported.state_dict().values())
-    skipped = [u for u, b in zip(front.data["space"]["units"], mask) if b == "1"]
-    _out(f"wrote {out} ({args.method}, input {list(x.shape)})")
-    _out(f"  mask      {mask}, skips {len(skipped)} units: {', '.join(skipped) or 'none'}")
-    flops = member["metrics"].get("flops", {}).get("value") if member is not None else None
+    front, _, pipe = _load_front(args.front)
+    mask, entry = resolve_member(front, member=args.member, mask=args.mask)
+    model = model_for_front(front, _checkpoint_for(args, pipe), need_weights=True, force=args.force)
+    r = export_member(
+        front,
+        model,
+        mask,
+        entry=entry,
+        out=args.out,
+        method=args.method,
+        batch_size=args.batch_size,
+    )
+    skipped = r["skipped"]
+    _out(f"wrote {r['path']} ({args.method}, input {r['input_shape']})")
+    _out(f"  mask      {r['mask']}, skips {len(skipped)} units: {', '.join(skipped) or 'none'}")
+    member, flops, counted = r["member"], r["front_flops"], r["flops"]
     if member is not None:
         acc = member["metrics"].get("accuracy", {}).get("value")
-        test = member.get("test_accuracy")
-        _out(f"  front     val acc {_fmt(acc)}, test acc {_fmt(test)}")
+        _out(f"  front     val acc {_fmt(acc)}, test acc {_fmt(member.get('test_accuracy'))}")
     same = (
         ""
         if flops is None
         else (" (= the front's)" if counted == flops else f" (front: {flops:.6g})")
     )
     _out(f"  flops     {counted:.6g} per image{same}")
-    _out(f"  tensors   {n_params:,} values in the exported state dict")
-    _out(f"  check     max |exported - masked model| = {diff:.3g} on random input")
-    if not diff <= 1e-4 * max(1.0, float(expected.abs().max())):
-        raise ConfigError(f"the exported module differs from the masked model by {diff}")
+    _out(f"  tensors   {r['values']:,} values in the exported state dict")
+    _out(f"  check     max |exported - masked model| = {r['max_diff']:.3g} on random input")
+    if not r["ok"]:
+        raise ConfigError(f"the exported module differs from the masked model by {r['max_diff']}")
     return EXIT_OK
 
 
@@ -861,47 +692,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    pipe = _pipeline(args.study, storage=args.storage, budget=args.budget, seed=args.seed)
     try:
-        from .worker import WORKER_ENGINES, run_worker
-    except ImportError as exc:
-        raise ConfigError(f"the worker is not available in this installation ({exc})") from None
-    from .config import build_data, build_evaluator, build_model
-
-    cfg = _load_cfg(args.study, check_files=True)
-    cfg = cfg.replace(storage=args.storage, budget=args.budget, seed=args.seed)
-    engine = args.engine
-    if engine is None and cfg.search.engine in WORKER_ENGINES:
-        engine = cfg.search.engine
-    if cfg.search.budget is None:
-        raise ConfigError(f"{cfg.source}: give --budget or search.budget (the whole study's)")
-    data = build_data(cfg)
-    model, meta = build_model(cfg, train_if_missing=False, progress=not args.quiet, data=data)
-    evaluator = build_evaluator(cfg, model, data, meta)
-    kwargs: dict[str, Any] = dict(
-        storage=cfg.storage,
-        study_name=cfg.name,
-        objectives=tuple(cfg.search.objectives),
-        constraints=tuple(cfg.search.constraints),
-        budget=cfg.search.budget,
-        seed=args.seed if args.seed is not None else None,
-        timeout=args.timeout if args.timeout is not None else cfg.search.timeout,
-        progress=not args.quiet,
-    )
-    if engine is not None:
-        kwargs["engine"] = engine
-        if engine == cfg.search.engine and cfg.search.options:
-            kwargs["engine_options"] = dict(cfg.search.options)
-    if engine is None:
-        log.info(
-            "the study's engine %s cannot be shared by workers; this worker uses the worker "
-            "default (an Optuna sampler; --engine chooses one)",
-            cfg.search.engine,
+        summary = pipe.worker(
+            engine=args.engine, seed=args.seed, timeout=args.timeout, progress=not args.quiet
         )
-    try:
-        summary = run_worker(evaluator, **kwargs)
     except KeyboardInterrupt:
         print(
-            f"\ninterrupted: this worker's finished evaluations are in {cfg.storage}; "
+            f"\ninterrupted: this worker's finished evaluations are in {pipe.cfg.storage}; "
             "start it again to go on.",
             file=sys.stderr,
         )
@@ -912,8 +710,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         _out(
             f"worker {summary.get('worker')} ({summary.get('engine')}, seed {summary.get('seed')}): "
             f"{summary.get('new_evaluations')} new evaluations, {summary.get('cache_hits')} from "
-            f"the cache, in {summary.get('seconds', 0):.0f} s; the study {cfg.name} holds "
-            f"{summary.get('distinct_masks')} distinct masks (budget {cfg.search.budget})"
+            f"the cache, in {summary.get('seconds', 0):.0f} s; the study {pipe.name} holds "
+            f"{summary.get('distinct_masks')} distinct masks (budget {pipe.cfg.search.budget})"
         )
     return EXIT_OK
 
@@ -1159,13 +957,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("select")
     p.add_argument("front", metavar="FRONT", help="front file (.json) or study file (.toml)")
     p.add_argument("--checkpoint", help="the model's checkpoint (checked against the front)")
-    for name, what in (
-        ("accuracy", "lowest accuracy, e.g. 0.95 or 99%%"),
-        ("flops", "FLOPs per image, e.g. 2e6 or 50%%"),
-        ("params", "parameters, e.g. 50%%"),
-        ("latency", "seconds per batch, e.g. 0.002 or 60%%"),
-        ("energy", "joules per batch, e.g. 0.5 or 70%%"),
-    ):
+    from .metrics import METRICS, budget_names
+
+    for name in budget_names():
+        what = METRICS[name].budget_help.replace("%", "%%")
         p.add_argument(f"--{name}", type=_percent_or_number, metavar="BOUND", help=what)
     p.add_argument(
         "--budget", action="append", metavar="METRIC=BOUND", help="any other metric of the front"

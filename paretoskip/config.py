@@ -6,28 +6,9 @@ constraints) and how costs are measured.  :func:`load_study_config` reads and va
 every error is a :class:`~paretoskip.errors.ConfigError` that names the file, the dotted
 key (``search.engine``) and the accepted values.
 
-Example study (``studies/digits-resnet20.toml`` is the default one)::
-
-    [study]
-    name = "digits-resnet20"          # default: the file name without .toml
-    # storage = "studies/digits-resnet20.db"   # default; or a URL (postgresql+psycopg://...)
-    seed = 0
-
-    [model]
-    name = "resnet20"
-    # checkpoint = "studies/checkpoints/digits-resnet20"   # default
-    [model.train]                     # used only when the checkpoint is missing
-    recipe = "stochastic-depth"
-    epochs = 30
-    p_last = 0.5
-
-    [data]
-    name = "digits"
-
-    [search]
-    engine = "pymoo-nsga2"
-    budget = 150
-    objectives = ["accuracy", "flops"]
+:data:`MINIMAL_STUDY` is a small complete study (``studies/digits-resnet20.toml``, the
+default one, is the same with every section commented).  A study file is turned into data,
+a model, an evaluator and a search by :mod:`paretoskip.pipeline`.
 
 **Relative paths** (``study.storage``, ``model.checkpoint``, ``data.root``) are relative to
 the *current working directory*, like every path given to a command line tool: run
@@ -48,7 +29,9 @@ Sections and keys (all optional unless marked *required*):
     How to train the model when its checkpoint is missing; without this table (or with
     ``enabled = false``) the checkpoint must exist.  ``recipe`` (``stochastic-depth`` or
     ``plain``), ``epochs``, ``batch_size``, ``lr``, ``momentum``, ``weight_decay``,
-    ``p_last``, ``seed`` (default: ``study.seed``), ``augment``.
+    ``p_last``, ``seed`` (default: ``study.seed``), ``augment``, and every other keyword of
+    :func:`paretoskip.train.train_model` (``nesterov``, ``schedule``, ``milestones``,
+    ``recipe_options``, ...).
 ``[data]``
     ``name`` (*required*, see :data:`paretoskip.data.DATASETS`), ``root``,
     ``split_seed`` (default 0), ``val_size``, ``test_size`` (fractions or counts),
@@ -64,7 +47,7 @@ Sections and keys (all optional unless marked *required*):
 ``[measure]``
     ``latency`` (bool), ``batch_size``, ``repeats``, ``warmup``, ``threads``, ``energy``
     (one of :data:`paretoskip.energy.ENERGY_BACKENDS`), ``energy_seconds``,
-    ``eval_batch``, ``memory_mb`` (see :class:`paretoskip.MeasureSettings`).
+    ``eval_batch``, ``memory_mb``: the fields of :class:`paretoskip.MeasureSettings`.
 
 Example:
     >>> import pathlib, tempfile
@@ -92,16 +75,11 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .errors import ConfigError, ParetoSkipError
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from .data import DatasetSplits
-    from .evaluate import Evaluator
-    from .front import Front
+from .errors import ConfigError
+from .evaluate import MeasureSettings
+from .storage import StorageLocation
 
 __all__ = [
     "StudyConfig",
@@ -114,20 +92,36 @@ __all__ = [
     "MeasureSection",
     "load_study_config",
     "parse_study_config",
-    "build_data",
-    "build_model",
-    "build_evaluator",
-    "run_search",
-    "search_kwargs",
-    "check_checkpoint",
-    "front_path",
     "DEFAULT_STUDY",
+    "MINIMAL_STUDY",
 ]
 
 log = logging.getLogger(__name__)
 
 #: The study ``paretoskip run`` uses when none is given (relative to the working directory).
 DEFAULT_STUDY = "studies/digits-resnet20.toml"
+
+#: A small complete study: ResNet-20 with stochastic depth on 8x8 digits, NSGA-II.
+MINIMAL_STUDY = """\
+[study]
+name = "digits-resnet20"
+
+[model]
+name = "resnet20"
+
+[model.train]
+recipe = "stochastic-depth"
+epochs = 30
+p_last = 0.5
+
+[data]
+name = "digits"
+
+[search]
+engine = "pymoo-nsga2"
+budget = 200
+objectives = ["accuracy", "flops"]
+"""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -157,6 +151,9 @@ class TrainSection:
     p_last: float = 0.5
     seed: int = 0
     augment: bool | None = None
+    #: every other keyword of :func:`paretoskip.train.train_model` the table sets
+    #: (``nesterov``, ``schedule``, ``milestones``, ``recipe_options``, ...)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`paretoskip.train.train_model`."""
@@ -170,6 +167,7 @@ class TrainSection:
             "p_last": self.p_last,
             "seed": self.seed,
             "augment": self.augment,
+            **self.extra,
         }
 
 
@@ -209,22 +207,12 @@ class SearchSection:
     epsilon: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class MeasureSection:
-    latency: bool = False
-    batch_size: int = 64
-    repeats: int = 15
-    warmup: int = 3
-    threads: int | None = None
-    energy: str = "none"
-    energy_seconds: float = 1.0
-    eval_batch: int = 256
-    memory_mb: float = 1024.0
+class MeasureSection(MeasureSettings):
+    """The ``[measure]`` table: :class:`paretoskip.MeasureSettings` itself (same fields,
+    defaults and checks), read from a study file."""
 
-    def settings(self):
-        """These settings as a :class:`paretoskip.MeasureSettings`."""
-        from .evaluate import MeasureSettings
-
+    def settings(self) -> MeasureSettings:
+        """These settings as a plain :class:`paretoskip.MeasureSettings`."""
         return MeasureSettings(**dataclasses.asdict(self))
 
 
@@ -250,11 +238,14 @@ class StudyConfig:
         return self.study.storage
 
     @property
-    def storage_url(self) -> str:
-        """The storage as a URL (creates the parent folder of a file database)."""
-        from .study import storage_url_for
+    def location(self) -> StorageLocation:
+        """The storage, parsed (see :mod:`paretoskip.storage`); creates nothing."""
+        return StorageLocation.parse(self.study.storage, self.name)
 
-        return storage_url_for(self.study.storage, self.name)
+    @property
+    def storage_url(self) -> str:
+        """The storage as Optuna opens it (a URL, or a journal file's path)."""
+        return self.location.url
 
     @property
     def source(self) -> str:
@@ -371,20 +362,63 @@ _SCHEMA: dict[str, Any] = {
         "options": (lambda v: isinstance(v, dict), "a table"),
         "epsilon": (lambda v: isinstance(v, dict), "a table of numbers"),
     },
-    "measure": {
-        "latency": (lambda v: isinstance(v, bool), "true or false"),
-        "batch_size": (_is_int, "an integer"),
-        "repeats": (_is_int, "an integer"),
-        "warmup": (_is_int, "an integer"),
-        "threads": (_is_int, "an integer"),
-        "energy": (lambda v: isinstance(v, str), "a string"),
-        "energy_seconds": (_is_number, "a number of seconds"),
-        "eval_batch": (_is_int, "an integer"),
-        "memory_mb": (_is_number, "a number"),
-    },
+    "measure": {},  # filled from MeasureSettings below
 }
 _REQUIRED = {"model": ("name",), "data": ("name",)}
-_FREE_TABLES = {"model.kwargs", "search.options", "search.epsilon"}
+_FREE_TABLES = {
+    "model.kwargs",
+    "model.train.recipe_options",
+    "search.options",
+    "search.epsilon",
+}
+
+# [measure] takes exactly the fields of MeasureSettings, checked by their annotated type
+_BY_TYPE: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (_is_int, "an integer"),
+    "int | None": (_is_int, "an integer"),
+    "float": (_is_number, "a number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+}
+
+# [model.train] also takes every other keyword of train_model, checked by its annotated type
+_TRAIN_NOT_IN_FILE = ("progress", "model_kwargs", "state_path")
+_TRAIN_EXTRA: dict[str, Any] | None = None
+
+
+def _by_annotation(text: str) -> tuple[Callable[[Any], bool], str]:
+    head = text.split("|")[0].strip()
+    if head.startswith(("tuple", "list", "Sequence")):
+        return (lambda v: isinstance(v, list) and all(map(_is_number, v)), "a list of numbers")
+    if head.startswith(("Mapping", "dict")):
+        return (lambda v: isinstance(v, dict), "a table")
+    return _BY_TYPE.get(head, ((lambda v: True), "a value"))
+
+
+_SCHEMA["measure"] = {
+    f.name: _by_annotation(str(f.type)) for f in dataclasses.fields(MeasureSettings)
+}
+
+
+def _train_schema() -> dict[str, Any]:
+    """The checkers of [model.train]: the fixed ones above, then train_model's keywords."""
+    global _TRAIN_EXTRA
+    if _TRAIN_EXTRA is None:
+        import inspect
+
+        from .train import train_model
+
+        fixed = _SCHEMA["model"]["train"]
+        _TRAIN_EXTRA = {
+            name: _by_annotation(str(p.annotation))
+            for name, p in inspect.signature(train_model).parameters.items()
+            if p.kind is p.KEYWORD_ONLY and name not in fixed and name not in _TRAIN_NOT_IN_FILE
+        }
+        fixed.update(_TRAIN_EXTRA)
+    return _TRAIN_EXTRA
+
+
+_FLOAT_FIELDS = {f.name for f in dataclasses.fields(MeasureSettings) if str(f.type) == "float"}
 
 
 def _typename(v: Any) -> str:
@@ -504,6 +538,7 @@ def parse_study_config(
     """Validate a study document already parsed from TOML (see :func:`load_study_config`)."""
     path = Path(path) if path is not None else None
     where = str(path) if path is not None else "<study config>"
+    train_extra = _train_schema()
     _check_keys(doc, _SCHEMA, "", where)
     for section, keys in _REQUIRED.items():
         for key in keys:
@@ -535,9 +570,11 @@ def parse_study_config(
     m = doc["model"]
     _check_choice(m["name"], list_models(), "model.name", where, "model")
     kwargs = dict(m.get("kwargs", {}))
-    for reserved in ("num_classes", "in_channels", "input_size", "p_last"):
+    from .models import CONTRACT_ARGS, RECIPE_ARGS
+
+    for reserved in CONTRACT_ARGS:
         if reserved in kwargs:
-            src = "model.train.p_last" if reserved == "p_last" else "the dataset"
+            src = f"model.train.{reserved}" if reserved in RECIPE_ARGS else "the dataset"
             raise ConfigError(
                 f"{where}: model.kwargs.{reserved}: set by {src}, not in [model.kwargs]"
             )
@@ -557,6 +594,7 @@ def parse_study_config(
             p_last=float(t.get("p_last", 0.5)),
             seed=t.get("seed", seed),
             augment=t.get("augment"),
+            extra={k: v for k, v in t.items() if k in train_extra},
         )
         _check_choice(train.recipe, RECIPES, "model.train.recipe", where, "recipe")
         _check_int(train.epochs, "model.train.epochs", where, minimum=0)
@@ -613,8 +651,7 @@ def parse_study_config(
         _check_space(space, model, where)
 
     # [search]
-    from .evaluate import METRICS
-    from .objectives import Constraint
+    from .metrics import METRICS, Constraint, objective_names
 
     se = doc.get("search", {})
     search = SearchSection(
@@ -626,7 +663,7 @@ def parse_study_config(
         options=dict(se.get("options", {})),
         epsilon=dict(se.get("epsilon", {})),
     )
-    from .search import ENGINES, make_engine
+    from .search import ENGINES, engine_spec, make_engine
 
     _check_choice(search.engine, ENGINES, "search.engine", where, "engine")
     if search.budget is not None:
@@ -634,7 +671,7 @@ def parse_study_config(
     if search.timeout is not None:
         _check_positive(search.timeout, "search.timeout", where)
     for i, o in enumerate(search.objectives):
-        _check_choice(o, METRICS, f"search.objectives[{i}]", where, "objective")
+        _check_choice(o, objective_names(), f"search.objectives[{i}]", where, "objective")
     if len(search.objectives) < 2:
         raise ConfigError(
             f"{where}: search.objectives={list(search.objectives)}: a Pareto search needs at "
@@ -656,22 +693,13 @@ def parse_study_config(
             )
         if not _is_number(v) or v < 0:
             raise ConfigError(f"{where}: search.epsilon.{k}={v!r} must be a number >= 0")
-    if search.engine.startswith("pymoo-"):
-        import inspect
-
-        from .search._pymoo import PymooEngine
-
-        accepted = [
-            n
-            for n, prm in inspect.signature(PymooEngine).parameters.items()
-            if n not in ("algorithm", "seed") and prm.kind is prm.POSITIONAL_OR_KEYWORD
-        ]
-        for k in search.options:
-            if k not in accepted:
-                raise ConfigError(
-                    f"{where}: search.options.{k}: engine {search.engine!r} does not take {k!r}; "
-                    f"{_suggest(k, accepted, 'search.options.')}accepted: {', '.join(accepted)}"
-                )
+    accepted = list(engine_spec(search.engine).options)
+    for k in search.options:
+        if k not in accepted:
+            raise ConfigError(
+                f"{where}: search.options.{k}: engine {search.engine!r} does not take {k!r}; "
+                f"{_suggest(k, accepted, 'search.options.')}accepted: {', '.join(accepted) or 'none'}"
+            )
     try:
         make_engine(search.engine, seed, **search.options)
     except ConfigError as exc:
@@ -685,32 +713,36 @@ def parse_study_config(
     from .energy import ENERGY_BACKENDS
 
     me = doc.get("measure", {})
-    measure = MeasureSection(
-        **{k: (float(v) if k in ("energy_seconds", "memory_mb") else v) for k, v in me.items()}
-    )
-    _check_choice(measure.energy, ENERGY_BACKENDS, "measure.energy", where, "energy backend")
+    measure_args = {k: (float(v) if k in _FLOAT_FIELDS else v) for k, v in me.items()}
+    defaults = MeasureSettings()
+    m_get = lambda key: measure_args.get(key, getattr(defaults, key))  # noqa: E731
+    _check_choice(m_get("energy"), ENERGY_BACKENDS, "measure.energy", where, "energy backend")
     for key in ("batch_size", "repeats", "eval_batch"):
-        _check_int(getattr(measure, key), f"measure.{key}", where, minimum=1)
-    _check_int(measure.warmup, "measure.warmup", where, minimum=0)
-    if measure.threads is not None:
-        _check_int(measure.threads, "measure.threads", where, minimum=1)
-    _check_positive(measure.memory_mb, "measure.memory_mb", where)
-    if measure.energy_seconds < 0:
+        _check_int(m_get(key), f"measure.{key}", where, minimum=1)
+    _check_int(m_get("warmup"), "measure.warmup", where, minimum=0)
+    if m_get("threads") is not None:
+        _check_int(m_get("threads"), "measure.threads", where, minimum=1)
+    _check_positive(m_get("memory_mb"), "measure.memory_mb", where)
+    if m_get("energy_seconds") < 0:
         raise ConfigError(f"{where}: measure.energy_seconds must be >= 0")
-    if measure.latency and measure.repeats < 2:
+    if m_get("latency") and m_get("repeats") < 2:
         raise ConfigError(
-            f"{where}: measure.repeats={measure.repeats}: latency needs at least 2 repeats"
+            f"{where}: measure.repeats={m_get('repeats')}: latency needs at least 2 repeats"
         )
+    measure = MeasureSection(**measure_args)
+    choices = {"energy": ENERGY_BACKENDS}  # the [measure] keys with named values
     needed = [(f"search.objectives[{i}]", o) for i, o in enumerate(search.objectives)]
     needed += [(f"search.constraints[{i}]", c.metric) for i, c in enumerate(constraints)]
-    for key, metric in needed:
-        if metric == "latency" and not measure.latency:
-            raise ConfigError(f"{where}: {key}: 'latency' needs measure.latency = true")
-        if metric == "energy" and measure.energy == "none":
-            raise ConfigError(
-                f"{where}: {key}: 'energy' needs measure.energy = one of "
-                f"{', '.join(b for b in ENERGY_BACKENDS if b != 'none')} (see `paretoskip info`)"
-            )
+    for key, name in needed:
+        needs = METRICS[name].needs
+        if needs is None or needs.met_by(measure):
+            continue
+        if isinstance(needs.off, bool):
+            accepted = "true"
+        else:
+            named = [c for c in choices.get(needs.setting, ()) if c != needs.off]
+            accepted = f"one of {', '.join(named)} (see `paretoskip info`)"
+        raise ConfigError(f"{where}: {key}: {name!r} needs measure.{needs.setting} = {accepted}")
 
     # last: a missing checkpoint is the least informative error
     if check_files and not train.enabled:
@@ -764,229 +796,3 @@ def _check_space(space: SpaceSection, model: ModelSection, where: str) -> None:
         SkipSpace(tuple(units), space.locked, space.groups)
     except MaskError as exc:
         raise ConfigError(f"{where}: [space]: {exc}") from None
-
-
-# --------------------------------------------------------------------------- builders
-
-
-def front_path(cfg: StudyConfig, out: str | os.PathLike | None = None) -> Path:
-    """Where the front file of a study goes.
-
-    ``out`` ending in ``.json`` is the file itself; any other ``out`` is a directory that
-    receives ``<name>.front.json``.  Without ``out``: beside the SQLite or journal file
-    (``studies/<name>.front.json`` by default), or in ``studies/`` for a server database.
-    """
-    if out is not None:
-        out = Path(out)
-        return out if out.suffix == ".json" else out / f"{cfg.name}.front.json"
-    storage = cfg.storage
-    if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
-        directory = Path(storage[len("sqlite:///") :]).parent
-    elif "://" not in storage:
-        directory = Path(storage).parent
-    else:
-        directory = Path("studies")
-    return directory / f"{cfg.name}.front.json"
-
-
-def build_data(cfg: StudyConfig) -> DatasetSplits:
-    """Load the study's dataset and split (see :func:`paretoskip.data.load_dataset`)."""
-    from .data import load_dataset
-
-    d = cfg.data
-    try:
-        return load_dataset(
-            d.name,
-            d.root,
-            seed=d.split_seed,
-            val_size=d.val_size,
-            test_size=d.test_size,
-            input_size=d.input_size,
-            limit=d.limit,
-        )
-    except ConfigError as exc:
-        raise ConfigError(f"{cfg.source}: [data]: {exc}") from None
-
-
-def build_model(
-    cfg: StudyConfig,
-    train_if_missing: bool = True,
-    progress: bool = True,
-    *,
-    data: DatasetSplits | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The study's model with its checkpoint's weights, trained first when missing.
-
-    When the checkpoint does not exist and ``[model.train]`` is enabled (and
-    ``train_if_missing``), the model is trained on the study's train split and saved to
-    ``model.checkpoint``.  Returns ``(model, checkpoint metadata)``.
-
-    Raises:
-        ConfigError: the checkpoint is missing and cannot be trained, or it holds another
-            architecture or was made for data of another shape.
-        CheckpointError: the checkpoint is unreadable or corrupted.
-    """
-    from .checkpoint import checkpoint_paths, load_checkpoint
-
-    weights, meta_path = checkpoint_paths(cfg.model.checkpoint)
-    if not (weights.is_file() and meta_path.is_file()):
-        if not cfg.model.train.enabled or not train_if_missing:
-            why = (
-                "training is disabled ([model.train] is absent or has enabled = false)"
-                if not cfg.model.train.enabled
-                else "this command does not train"
-            )
-            raise ConfigError(
-                f"{cfg.source}: model.checkpoint: {weights} does not exist and {why}. Train it "
-                f"with `paretoskip train {cfg.source}` or `paretoskip run {cfg.source}`"
-            )
-        from .train import train_and_save
-
-        data = data if data is not None else build_data(cfg)
-        log.info(
-            "checkpoint %s is missing: training %s on %s (%s, %d epochs)",
-            weights,
-            cfg.model.name,
-            cfg.data.name,
-            cfg.model.train.recipe,
-            cfg.model.train.epochs,
-        )
-        try:
-            train_and_save(
-                cfg.model.name,
-                data,
-                cfg.model.checkpoint,
-                model_kwargs=dict(cfg.model.kwargs),
-                progress=progress,
-                **cfg.model.train.kwargs(),
-            )
-        except ConfigError as exc:
-            raise ConfigError(f"{cfg.source}: [model.train]: {exc}") from None
-    model, meta = load_checkpoint(cfg.model.checkpoint)
-    check_checkpoint(cfg, meta, data)
-    return model, meta
-
-
-def check_checkpoint(
-    cfg: StudyConfig, meta: Mapping[str, Any], data: DatasetSplits | None = None
-) -> None:
-    """Check that a checkpoint's architecture and data fit the study (see :func:`build_model`)."""
-    arch = meta["architecture"]
-    ckpt = cfg.model.checkpoint
-    if arch["name"] != cfg.model.name:
-        raise ConfigError(
-            f"{cfg.source}: model.name is {cfg.model.name!r} but the checkpoint {ckpt} holds "
-            f"{arch['name']!r}; fix model.name or model.checkpoint"
-        )
-    for key, value in cfg.model.kwargs.items():
-        if key in arch["kwargs"] and arch["kwargs"][key] != value:
-            raise ConfigError(
-                f"{cfg.source}: model.kwargs.{key}={value!r} but the checkpoint {ckpt} was built "
-                f"with {key}={arch['kwargs'][key]!r}"
-            )
-    if data is None:
-        return
-    for key, value in (
-        ("num_classes", data.num_classes),
-        ("in_channels", data.in_channels),
-        ("input_size", data.input_size),
-    ):
-        if key in arch["kwargs"] and arch["kwargs"][key] != value:
-            raise ConfigError(
-                f"{cfg.source}: the checkpoint {ckpt} was built for {key}={arch['kwargs'][key]}, "
-                f"but {cfg.data.name} has {key}={value}"
-            )
-    trained_on = meta.get("dataset_fingerprint")
-    if trained_on is not None and trained_on != data.fingerprint:
-        log.warning(
-            "the checkpoint %s was trained on another dataset or split than the study's "
-            "(fingerprint %s…, now %s…): validation images may have been seen in training, "
-            "so validation accuracy can be optimistic. Use the same [data] settings as in "
-            "training, or retrain.",
-            ckpt,
-            str(trained_on)[:12],
-            data.fingerprint[:12],
-        )
-
-
-def build_evaluator(
-    cfg: StudyConfig,
-    model: nn.Module,
-    data: DatasetSplits,
-    metadata: Mapping[str, Any] | None = None,
-) -> Evaluator:
-    """The study's :class:`~paretoskip.Evaluator`; its cache lives in the study database."""
-    from .cache import EvalCache
-    from .errors import MaskError
-    from .evaluate import Evaluator
-    from .space import SkipSpace
-    from .study import cache_url_for
-
-    try:
-        space = SkipSpace.from_model(model, cfg.space.locked, cfg.space.groups)
-    except MaskError as exc:
-        raise ConfigError(f"{cfg.source}: [space]: {exc}") from None
-    url = cache_url_for(cfg.storage_url)
-    fingerprint = metadata.get("weights_fingerprint") if metadata else None
-    return Evaluator(
-        model,
-        data,
-        space=space,
-        settings=cfg.measure.settings(),
-        cache=EvalCache(url) if url is not None else None,
-        model_fingerprint=fingerprint,
-    )
-
-
-def search_kwargs(cfg: StudyConfig) -> dict[str, Any]:
-    """Keyword arguments of :func:`paretoskip.search` for this study (without the evaluator)."""
-    return {
-        "objectives": tuple(cfg.search.objectives),
-        "constraints": tuple(cfg.search.constraints),
-        "engine": cfg.search.engine,
-        "budget": cfg.search.budget,
-        "timeout": cfg.search.timeout,
-        "storage": cfg.storage,
-        "study_name": cfg.name,
-        "seed": cfg.study.seed,
-        "engine_options": dict(cfg.search.options),
-        "epsilon": dict(cfg.search.epsilon) or None,
-    }
-
-
-def run_search(
-    cfg: StudyConfig,
-    *,
-    train_if_missing: bool = True,
-    progress: bool = True,
-    data: DatasetSplits | None = None,
-    model: nn.Module | None = None,
-    metadata: Mapping[str, Any] | None = None,
-) -> Front:
-    """Load the data, build (or train) the model, and search; returns the front.
-
-    Running it again resumes the study up to its budget.  The front is not written to a file
-    (see :func:`front_path` and :meth:`paretoskip.Front.save`).
-    """
-    from .search import search
-
-    data = data if data is not None else build_data(cfg)
-    if model is None:
-        model, metadata = build_model(
-            cfg, train_if_missing=train_if_missing, progress=progress, data=data
-        )
-    else:
-        check_checkpoint(cfg, metadata or {"architecture": _spec(model)}, data)
-    evaluator = build_evaluator(cfg, model, data, metadata)
-    try:
-        return search(evaluator, progress=progress, **search_kwargs(cfg))
-    except ParetoSkipError as exc:
-        if isinstance(exc, ConfigError) and cfg.source not in str(exc):
-            raise ConfigError(f"{cfg.source}: {exc}") from None
-        raise
-
-
-def _spec(model: nn.Module) -> dict[str, Any]:
-    from .models import model_spec
-
-    return model_spec(model)

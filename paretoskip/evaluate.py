@@ -3,7 +3,10 @@
 Accuracy on the validation split dominates the cost of a search.  :meth:`Evaluator.evaluate_many`
 computes it for a batch of masks as a prefix tree: masks that agree on their first ``k``
 units share the activations up to unit ``k``, so each distinct prefix is computed once per
-chunk of validation images.  The stem and any locked prefix are computed once per split and
+chunk of validation images.  (Strictly, the tree branches on each unit's *state*,
+:meth:`ModelParts.unit_states <paretoskip.models.ModelParts.unit_states>`: the skip bit, or
+more where a unit's output depends on later bits too, as an ADN mandatory block's batch
+norms do.)  The stem and any locked prefix are computed once per split (per prefix state) and
 kept (within the memory budget).  FLOPs and parameters come from a per-unit table.
 Latency and energy are measured one candidate at a time under a per-host lock.  Every
 result is stored in the shared cache before it is returned.
@@ -25,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -42,27 +45,12 @@ from .measure import (
     torch_threads,
 )
 from .models import apply_mask, get_mask, model_parts
+from .progress import progress_bar
 from .space import Mask, SkipSpace
 
-__all__ = ["Metric", "Evaluation", "MeasureSettings", "Evaluator", "METRICS", "METRIC_UNITS"]
+__all__ = ["Metric", "Evaluation", "MeasureSettings", "Evaluator"]
 
 log = logging.getLogger(__name__)
-
-#: Metrics an objective or constraint can name, with their direction.
-METRICS: dict[str, str] = {
-    "accuracy": "maximize",
-    "flops": "minimize",
-    "params": "minimize",
-    "latency": "minimize",
-    "energy": "minimize",
-}
-METRIC_UNITS = {
-    "accuracy": "fraction",
-    "flops": "FLOPs",
-    "params": "parameters",
-    "latency": "s",
-    "energy": "J",
-}
 
 
 @dataclass(frozen=True)
@@ -228,7 +216,7 @@ class Evaluator:
             from .energy import make_energy_meter
 
             self._energy = make_energy_meter(self.settings.energy)
-        self._prefix_cache: dict[str, list[torch.Tensor]] = {}
+        self._prefix_cache: dict[tuple[str, tuple], list[torch.Tensor]] = {}
         self._chunk = self._chunk_size()
         self.hits = 0
         self.misses = 0
@@ -292,24 +280,27 @@ class Evaluator:
         budget = self.settings.memory_mb * 2**20
         return int(max(1, min(self.settings.eval_batch, budget // per_image)))
 
-    def _prefix(self, split: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Chunks of the split's labels and their activations after the stem and locked prefix."""
+    def _prefix(
+        self, split: str, states: tuple = ()
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Chunks of the split's labels and their activations after the stem and the locked
+        prefix, its units in ``states`` (a locked unit may still depend on later bits)."""
         part = getattr(self.data, split)
         xs = list(torch.split(part.x, self._chunk))
         ys = list(torch.split(part.y, self._chunk))
-        if split in self._prefix_cache:
-            return self._prefix_cache[split], ys
-        k = self.space.locked_prefix
+        if (split, states) in self._prefix_cache:
+            return self._prefix_cache[split, states], ys
         out = []
         with torch.inference_mode():
             for x in xs:
                 h = self._parts.stem(x)
-                for unit in self._units[:k]:
-                    h = unit.run(h, False)
+                for unit, state in zip(self._units, states):
+                    h = unit.run_state(h, state)
                 out.append(h)
         size = sum(h.numel() * h.element_size() for h in out)
-        if size <= self.settings.memory_mb * 2**20 / 2:
-            self._prefix_cache[split] = out
+        kept = sum(h.numel() * h.element_size() for v in self._prefix_cache.values() for h in v)
+        if kept + size <= self.settings.memory_mb * 2**20 / 2:
+            self._prefix_cache[split, states] = out
         return out, ys
 
     def accuracy_many(
@@ -320,13 +311,20 @@ class Evaluator:
             raise ConfigError(f"split={split!r}; accepted: 'val' (searched) or 'test' (reported)")
         bits = [self.space.validate(m) for m in masks]
         distinct = sorted(set(bits))
+        # the tree branches on unit states (the skip bit, or more where a unit's output
+        # depends on other bits too: ADN's skip-aware batch norms), which keeps it exact
+        states = [self._parts.unit_states(m) for m in distinct]
         correct = [0] * len(distinct)
         start = self.space.locked_prefix
+        by_prefix: dict[tuple, list[int]] = {}
+        for i, s in enumerate(states):
+            by_prefix.setdefault(s[:start], []).append(i)
         saved = get_mask(self.model)
         with torch_threads(self.settings.threads), torch.inference_mode():
-            prefixes, ys = self._prefix(split)
-            for h0, y in zip(prefixes, ys):
-                self._walk(start, h0, list(range(len(distinct))), distinct, y, correct)
+            for key, idx in by_prefix.items():
+                prefixes, ys = self._prefix(split, key)
+                for h0, y in zip(prefixes, ys):
+                    self._walk(start, h0, idx, states, y, correct)
         apply_mask(self.model, saved)
         n = len(getattr(self.data, split).y)
         acc = {m: c / n for m, c in zip(distinct, correct)}
@@ -337,20 +335,20 @@ class Evaluator:
         k: int,
         h: torch.Tensor,
         idx: list[int],
-        masks: list[Mask],
+        states: list[tuple],
         y: torch.Tensor,
         correct: list[int],
     ) -> None:
         units = self._units
         n = len(units)
         while k < n:
-            run = [i for i in idx if not masks[i][k]]
-            skip = [i for i in idx if masks[i][k]]
-            if run and skip:
-                self._walk(k + 1, units[k].run(h, False), run, masks, y, correct)
-                h, idx = units[k].run(h, True), skip
-            else:
-                h = units[k].run(h, bool(skip))
+            groups: dict[Any, list[int]] = {}
+            for i in idx:
+                groups.setdefault(states[i][k], []).append(i)
+            *others, last = sorted(groups, key=repr)  # False (run) before True (skip)
+            for state in others:
+                self._walk(k + 1, units[k].run_state(h, state), groups[state], states, y, correct)
+            h, idx = units[k].run_state(h, last), groups[last]
             k += 1
         hits = int((self._parts.head(h).argmax(1) == y).sum())
         for i in idx:
@@ -419,6 +417,23 @@ class Evaluator:
             "params": Metric(float(self.costs.params(mask)), "parameters", "counted:modules"),
         }
 
+    def cached(self, masks: Iterable[Sequence[int] | str]) -> dict[str, Evaluation]:
+        """The evaluations of ``masks`` the cache holds, by bitstring (``cache_hit=True``)."""
+        if self.cache is None:
+            return {}
+        bits = {self.space.to_bitstring(m): self.space.validate(m) for m in masks}
+        if not bits:
+            return {}
+        return {
+            key: Evaluation(
+                key,
+                tuple(self.space.skipped_names(bits[key])),
+                {k: Metric.from_dict(v) for k, v in metrics.items()},
+                cache_hit=True,
+            )
+            for key, metrics in self.cache.get_many(self.cache_key, list(bits)).items()
+        }
+
     def evaluate(self, mask: Sequence[int] | str) -> Evaluation:
         """Evaluate one mask (see :meth:`evaluate_many`)."""
         return self.evaluate_many([mask])[0]
@@ -428,24 +443,16 @@ class Evaluator:
     ) -> list[Evaluation]:
         """Evaluate masks, from the cache where possible; results in input order."""
         bits = [self.space.validate(m) for m in masks]
-        keys = ["".join(map(str, b)) for b in bits]
-        found: dict[str, Evaluation] = {}
-        if self.cache is not None and keys:
-            for key, metrics in self.cache.get_many(self.cache_key, keys).items():
-                found[key] = Evaluation(
-                    key,
-                    tuple(self.space.skipped_names(key)),
-                    {k: Metric.from_dict(v) for k, v in metrics.items()},
-                    cache_hit=True,
-                )
-        todo = [b for b in dict.fromkeys(bits) if "".join(map(str, b)) not in found]
+        keys = [self.space.to_bitstring(b) for b in bits]
+        found = self.cached(bits)
+        todo = [b for b in dict.fromkeys(bits) if self.space.to_bitstring(b) not in found]
         self.hits += len(set(keys)) - len(todo)
         self.misses += len(todo)
         if todo:
             t0 = time.perf_counter()
             accs = self.accuracy_many(todo)
             share = (time.perf_counter() - t0) / len(todo)
-            bar = _progress(len(todo), progress)
+            bar = progress_bar(len(todo), progress)
             for mask, acc in zip(todo, accs):
                 t1 = time.perf_counter()
                 metrics = {
@@ -454,33 +461,14 @@ class Evaluator:
                     **self._measured(mask),
                 }
                 seconds = share + time.perf_counter() - t1
-                key = "".join(map(str, mask))
+                key = self.space.to_bitstring(mask)
                 if self.cache is not None:
                     self.cache.put(
                         self.cache_key, key, {k: m.to_dict() for k, m in metrics.items()}, seconds
                     )
                 found[key] = Evaluation(
-                    key, tuple(self.space.skipped_names(key)), metrics, False, seconds
+                    key, tuple(self.space.skipped_names(mask)), metrics, False, seconds
                 )
                 bar.update(1)
             bar.close()
         return [found[k] for k in keys]
-
-
-@dataclass
-class _NullBar:
-    n: int = field(default=0)
-
-    def update(self, k: int) -> None:
-        self.n += k
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NullBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="evaluating", unit="mask", leave=False)

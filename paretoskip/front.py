@@ -10,10 +10,18 @@ The front file is self-contained: a deployment reads it without paretoskip insta
 Hypervolume is computed by moocore in a normalised space: accuracy as is (reference 0),
 every cost divided by the full model's (reference 1.1).
 
+The file format (and its JSON Schema) is :mod:`paretoskip.frontfile`.
+
 Example:
-    >>> from paretoskip.front import Front
-    >>> front = Front.load("plots/../studies/example.front.json")  # doctest: +SKIP
-    >>> [m["mask"] for m in front.members if m["strict"]]          # doctest: +SKIP
+    >>> import numpy as np
+    >>> from paretoskip.front import hypervolume, nondominated
+    >>> from paretoskip.metrics import parse_objectives
+    >>> objs = parse_objectives(["accuracy", "flops"])
+    >>> values = np.array([[0.9, 100.0], [0.8, 50.0], [0.7, 80.0]])
+    >>> nondominated(values, objs).tolist()
+    [True, True, False]
+    >>> round(hypervolume(values[:2], objs, {"flops": 100.0}), 3)
+    0.49
 """
 
 from __future__ import annotations
@@ -33,21 +41,23 @@ import numpy as np
 
 from ._version import __version__
 from .errors import ConfigError
-from .objectives import Objective
+from .frontfile import SCHEMA_VERSION as FRONT_SCHEMA_VERSION
+from .frontfile import load_front
+from .metrics import METRICS, Objective
 
-__all__ = ["Front", "FRONT_SCHEMA_VERSION", "nondominated", "hypervolume", "HV_COST_REFERENCE"]
-
-FRONT_SCHEMA_VERSION = 1
-HV_COST_REFERENCE = 1.1
-_REQUIRED = (
-    "schema_version",
-    "study",
-    "provenance",
-    "objectives",
-    "reference",
-    "members",
+__all__ = [
+    "Front",
+    "FRONT_SCHEMA_VERSION",
+    "nondominated",
     "hypervolume",
-)
+    "normalise",
+    "hv_reference_point",
+    "near_pareto",
+    "clean_json",
+    "HV_COST_REFERENCE",
+]
+
+HV_COST_REFERENCE = 1.1
 
 
 def _minimised(values: np.ndarray, objectives: Sequence[Objective]) -> np.ndarray:
@@ -77,6 +87,7 @@ def normalise(
 
 
 def hv_reference_point(objectives: Sequence[Objective]) -> list[float]:
+    """The hypervolume reference point in the normalised space (see :func:`normalise`)."""
     return [HV_COST_REFERENCE if o.direction == "minimize" else 0.0 for o in objectives]
 
 
@@ -127,7 +138,8 @@ class Front:
 
     @property
     def hypervolume(self) -> float:
-        return self.data["hypervolume"]["value"]
+        """The front's hypervolume (NaN when the document does not carry one)."""
+        return float(self.data.get("hypervolume", {}).get("value", math.nan))
 
     @property
     def reference(self) -> dict[str, Any]:
@@ -163,17 +175,14 @@ class Front:
         every member that lacks one is measured and stored in the study.
         """
         objectives = db.objectives
-        trials = db.trials()
+        records = db.records()
         seen: dict[str, Any] = {}
-        for t in trials:
-            mask = t.user_attrs.get("mask")
-            if mask is None or mask in seen:
+        for r in records:
+            if r.mask is None or r.mask in seen or not r.feasible:
                 continue
-            if any(c > 0 for c in t.constraints.values()):
-                continue
-            seen[mask] = t
+            seen[r.mask] = r
         feasible = list(seen.values())
-        values = np.array([t.values for t in feasible], dtype=float).reshape(
+        values = np.array([r.values for r in feasible], dtype=float).reshape(
             len(feasible), len(objectives)
         )
         strict = nondominated(values, objectives)
@@ -188,7 +197,7 @@ class Front:
             )
         ref_metrics = {k: m["value"] for k, m in ref_attr["metrics"].items()}
 
-        masks = [feasible[i].user_attrs["mask"] for i in chosen]
+        masks = [feasible[i].mask for i in chosen]
         tests = db.test_accuracies()
         missing = [m for m in [*masks, ref_attr["mask"]] if m not in tests]
         if evaluator is not None and missing:
@@ -198,16 +207,15 @@ class Front:
         space = db.space
         members = []
         for i in chosen:
-            t = feasible[i]
-            mask = t.user_attrs["mask"]
+            r = feasible[i]
             members.append(
                 {
-                    "mask": mask,
-                    "skipped": space.skipped_names(mask),
-                    "metrics": t.user_attrs["metrics"],
-                    "test_accuracy": tests.get(mask),
+                    "mask": r.mask,
+                    "skipped": space.skipped_names(r.mask),
+                    "metrics": r.metrics,
+                    "test_accuracy": tests.get(r.mask),
                     "strict": bool(strict[i]),
-                    "trial": t.number,
+                    "trial": r.number,
                 }
             )
         first = objectives[0]
@@ -220,12 +228,12 @@ class Front:
             "schema_version": FRONT_SCHEMA_VERSION,
             "study": {
                 "name": db.name,
-                "storage": _redact(db.url),
+                "storage": db.location.redacted,
                 "engine": engine or meta.get("engine"),
                 "budget": budget if budget is not None else meta.get("budget"),
                 "seed": seed if seed is not None else meta.get("seed"),
-                "evaluations": len(trials),
-                "distinct_masks": len({t.user_attrs.get("mask") for t in trials} - {None}),
+                "evaluations": len(records),
+                "distinct_masks": len({r.mask for r in records} - {None}),
                 "feasible": len(feasible),
                 "constraints": meta.get("constraints", []),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -264,7 +272,7 @@ class Front:
             )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(_clean(self.data), indent=2, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(clean_json(self.data), indent=2, allow_nan=False) + "\n")
         os.replace(tmp, path)
         csv_path = path.with_suffix(".csv")
         names = sorted({k for m in self.members for k in m["metrics"]})
@@ -289,61 +297,64 @@ class Front:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Front:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"front file {path} does not exist") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"front file {path} is not valid JSON: {exc}") from None
-        missing = [k for k in _REQUIRED if k not in data]
-        if missing:
-            raise ConfigError(f"front file {path} lacks {missing}; is it a paretoskip front file?")
-        if data["schema_version"] != FRONT_SCHEMA_VERSION:
-            raise ConfigError(
-                f"front file {path} has schema_version {data['schema_version']}; this paretoskip reads {FRONT_SCHEMA_VERSION}"
-            )
-        return cls(data)
+        """Read a front file (see :func:`paretoskip.frontfile.load_front`)."""
+        return cls(load_front(path))
 
-    def table(self) -> str:
-        """The front as a text table for the terminal."""
+    def table(self, *, strict_only: bool = False) -> str:
+        """The front as a text table; ``#`` is the member number ``select``/``export`` use."""
         objs = self.objectives
-        ref = {k: v["value"] for k, v in self.reference["metrics"].items()}
-        head = ["#", "strict", "skipped", *[f"{o.name} [{o.unit}]" for o in objs], "test acc"]
+        ref = {k: v.get("value") for k, v in self.reference["metrics"].items()}
+        units = self.data.get("space", {}).get("units", [])
+        show_mask = len(units) <= 32
+        head = ["#", "strict", *(["mask"] if show_mask else []), "skipped"]
+        head += [f"{o.name} [{o.unit}]" for o in objs] + ["test acc"]
         rows = []
         for i, m in enumerate(self.members):
-            cells = [str(i), "yes" if m["strict"] else "band", str(len(m["skipped"]))]
+            strict = m.get("strict", True)
+            if strict_only and not strict:
+                continue
+            cells = [str(i), "yes" if strict else "band"]
+            cells += [m["mask"]] if show_mask else []
+            cells.append(str(m["mask"].count("1")))
             for o in objs:
-                v = m["metrics"][o.name]["value"]
+                v = m["metrics"].get(o.name, {}).get("value")
+                spec = METRICS.get(o.name)
                 if v is None:
                     cells.append("n/a")
-                elif o.name == "accuracy":
+                elif spec is not None and spec.is_fraction:
                     cells.append(f"{v:.4f}")
                 else:
                     rel = f" ({v / ref[o.name]:.0%})" if ref.get(o.name) else ""
                     cells.append(f"{v:.4g}{rel}")
-            t = m.get("test_accuracy")
-            cells.append("n/a" if t is None else f"{t:.4f}")
+            cells.append(_fmt(m.get("test_accuracy")))
             rows.append(cells)
         widths = [max(len(r[j]) for r in [head, *rows]) for j in range(len(head))]
         lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        return (
-            "\n".join(lines)
-            + f"\nhypervolume {self.hypervolume:.4f} (reference point {self.data['hypervolume']['reference_point']})"
-        )
+        hidden = len(self.members) - len(rows)
+        if hidden:
+            lines.append(
+                f"(+ {hidden} members in the near-Pareto band, within measurement spread of the "
+                "front: `paretoskip front` lists them)"
+            )
+        hv = self.data.get("hypervolume")
+        if hv is not None:
+            lines.append(
+                f"hypervolume {hv['value']:.4f} (reference point {hv.get('reference_point')})"
+            )
+        return "\n".join(lines)
 
 
 def _epsilon(
-    trials: Sequence[Any], objectives: Sequence[Objective], epsilon: Mapping[str, float] | None
+    records: Sequence[Any], objectives: Sequence[Objective], epsilon: Mapping[str, float] | None
 ) -> np.ndarray:
-    eps = np.zeros((len(trials), len(objectives)))
+    eps = np.zeros((len(records), len(objectives)))
     for j, o in enumerate(objectives):
         if epsilon is not None and o.name in epsilon:
             eps[:, j] = float(epsilon[o.name])
             continue
-        for i, t in enumerate(trials):
-            spread = t.user_attrs.get("metrics", {}).get(o.name, {}).get("spread")
+        for i, r in enumerate(records):
+            spread = r.metrics.get(o.name, {}).get("spread")
             eps[i, j] = float(spread) if spread is not None and math.isfinite(spread) else 0.0
     if epsilon is not None:
         unknown = set(epsilon) - {o.name for o in objectives}
@@ -360,27 +371,22 @@ def _eps_text(epsilon: Mapping[str, float] | None, name: str) -> Any:
     return "measurement spread"
 
 
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        if ":" in cred:
-            cred = cred.split(":", 1)[0] + ":***"
-        return f"{scheme}://{cred}@{host}"
-    return url
-
-
 def _num(v: Any) -> Any:
     return "" if v is None else v
 
 
-def _clean(obj: Any) -> Any:
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def clean_json(obj: Any) -> Any:
+    """``obj`` ready for strict JSON: non-finite floats become null, numpy scalars numbers."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: clean_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [clean_json(v) for v in obj]
     if isinstance(obj, np.generic):
         return obj.item()
     return obj

@@ -68,7 +68,8 @@ import torch
 
 from .cache import CacheKey, EvalCache
 from .errors import ConfigError, ParetoSkipError
-from .evaluate import Evaluation, Evaluator, MeasureSettings, Metric
+from .evaluate import Evaluation, Evaluator, MeasureSettings
+from .progress import progress_bar
 from .space import SkipSpace
 
 __all__ = ["EvaluatorSpec", "ParallelEvaluator", "EXECUTORS", "split_batch"]
@@ -702,21 +703,14 @@ class ParallelEvaluator:
         if self.executor == "local":
             return self.local.evaluate_many(masks, progress=progress)
         local = self.local
-        keys = [self.space.to_bitstring(self.space.validate(m)) for m in masks]
-        found: dict[str, Evaluation] = {}
-        if local.cache is not None and keys:
-            for key, metrics in local.cache.get_many(local.cache_key, keys).items():
-                found[key] = Evaluation(
-                    key,
-                    tuple(self.space.skipped_names(key)),
-                    {k: Metric.from_dict(v) for k, v in metrics.items()},
-                    cache_hit=True,
-                )
+        bits = [self.space.validate(m) for m in masks]
+        keys = [self.space.to_bitstring(b) for b in bits]
+        found = local.cached(bits)
         todo = sorted(set(keys) - set(found))
         local.hits += len(set(keys)) - len(todo)
         local.misses += len(todo)
         if todo:
-            bar = _progress(len(todo), progress)
+            bar = progress_bar(len(todo), progress)
             for _, res in self._dispatch(todo, "evaluate"):
                 for ev in res["results"]:
                     if local.cache is not None:
@@ -755,9 +749,3 @@ class ParallelEvaluator:
             yield chunk, res
         record["seconds"] = time.time() - record["started"]
         self.batches.append(record)
-
-
-def _progress(total: int, enabled: bool):
-    from .evaluate import _progress as bar
-
-    return bar(total, enabled)

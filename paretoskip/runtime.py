@@ -31,18 +31,33 @@ the best fitting member is more accurate by more than ``h`` (absolute accuracy, 
 for half a point).  When the current member no longer fits, the best fitting member is
 applied at once.  ``h = 0`` (the default) still keeps the current member on an accuracy tie.
 
+The front file is read and checked by :mod:`paretoskip.frontfile` (as for
+:class:`paretoskip.Front`); a dict already loaded is checked the same way.
+
 Example:
-    >>> model = paretoskip.create_model("resnet56")            # doctest: +SKIP
-    >>> model.load_state_dict(...)                              # doctest: +SKIP
-    >>> adaptive = AdaptiveModel(model, "fronts/resnet56.json")  # doctest: +SKIP
-    >>> adaptive.select(flops="50%", latency=0.004)["mask"]      # doctest: +SKIP
-    '010000100010000001000100001'
-    >>> logits = adaptive(images)                                # doctest: +SKIP
+    >>> import torch, paretoskip
+    >>> from paretoskip.runtime import AdaptiveModel
+    >>> model = paretoskip.create_model("resnet20", num_classes=10, in_channels=1, input_size=8)
+    >>> units = [n for n, _ in paretoskip.models.skippable_units(model)]
+    >>> def member(mask, acc, flops):
+    ...     return {"mask": mask, "metrics": {"accuracy": {"value": acc}, "flops": {"value": flops}}}
+    >>> front = {"schema_version": 1, "space": {"units": units},
+    ...          "objectives": [{"name": "accuracy", "direction": "maximize"},
+    ...                         {"name": "flops", "direction": "minimize"}],
+    ...          "reference": {"metrics": {"accuracy": 0.97, "flops": 5e6}},
+    ...          "members": [member("000000000", 0.97, 5e6), member("010001001", 0.96, 3.3e6),
+    ...                      member("011011011", 0.87, 1.5e6)]}
+    >>> adaptive = AdaptiveModel(model, front, hysteresis=0.005)
+    >>> adaptive.select(flops="50%")["mask"]
+    '011011011'
+    >>> adaptive.select(flops="70%", accuracy=0.9)["mask"]
+    '010001001'
+    >>> adaptive.eval()(torch.zeros(2, 1, 8, 8)).shape
+    torch.Size([2, 10])
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import numbers
@@ -54,97 +69,16 @@ import torch
 from torch import nn
 
 from .errors import BudgetError, ConfigError, MaskError
-from .models import skippable_units
-from .models._skip import _as_bits
+from .frontfile import SCHEMA_VERSION, load_front, metric_value, validate_front
+from .metrics import direction_of
+from .models import mask_bits, skippable_units
 
 __all__ = ["AdaptiveModel", "load_front", "validate_front", "SCHEMA_VERSION"]
 
 log = logging.getLogger(__name__)
 
-#: The front file schema version this module reads.
-SCHEMA_VERSION = 1
-
-_MAXIMIZED = frozenset({"accuracy", "test_accuracy"})
 _REL_TOL = 1e-9
 _FALLBACKS = ("error", "cheapest")
-
-
-# --------------------------------------------------------------------------- front files
-
-
-def _require(obj: Any, key: str, where: str, source: str, kind: type = dict) -> Any:
-    if not isinstance(obj, Mapping) or key not in obj:
-        raise ConfigError(f"front {source}: missing required key {where + key!r}")
-    value = obj[key]
-    if kind is not None and not isinstance(value, kind):
-        raise ConfigError(
-            f"front {source}: key {where + key!r} must be a {kind.__name__}, "
-            f"not {type(value).__name__}"
-        )
-    return value
-
-
-def validate_front(front: Any, source: str = "<dict>") -> dict:
-    """Check the schema version and the keys the runtime needs; returns ``front``.
-
-    Raises :class:`~paretoskip.errors.ConfigError` naming the missing or malformed key and
-    ``source`` (the file name, when there is one).
-    """
-    if not isinstance(front, Mapping):
-        raise ConfigError(f"front {source}: expected a JSON object, got {type(front).__name__}")
-    version = _require(front, "schema_version", "", source, kind=None)
-    if version != SCHEMA_VERSION:
-        raise ConfigError(
-            f"front {source}: schema_version {version!r} is not supported "
-            f"(this paretoskip reads schema_version {SCHEMA_VERSION})"
-        )
-    space = _require(front, "space", "", source)
-    _require(space, "units", "space.", source, kind=list)
-    objectives = _require(front, "objectives", "", source, kind=list)
-    for i, obj in enumerate(objectives):
-        _require(obj, "name", f"objectives[{i}].", source, kind=str)
-        direction = _require(obj, "direction", f"objectives[{i}].", source, kind=str)
-        if direction not in ("minimize", "maximize"):
-            raise ConfigError(
-                f"front {source}: objectives[{i}].direction is {direction!r}; "
-                "accepted: 'minimize', 'maximize'"
-            )
-    reference = _require(front, "reference", "", source)
-    _require(reference, "metrics", "reference.", source)
-    members = _require(front, "members", "", source, kind=list)
-    if not members:
-        raise ConfigError(f"front {source}: 'members' is empty; a front needs at least one member")
-    for i, member in enumerate(members):
-        _require(member, "mask", f"members[{i}].", source, kind=str)
-        _require(member, "metrics", f"members[{i}].", source)
-    return front  # type: ignore[return-value]
-
-
-def load_front(path: str | os.PathLike) -> dict:
-    """Read a front file (JSON, schema_version 1) and check the keys the runtime needs.
-
-    Raises :class:`~paretoskip.errors.ConfigError` naming the file and the missing key, for
-    a file that does not exist or is not valid JSON, or for another schema version.
-    """
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            front = json.load(f)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"front file {path!r} does not exist") from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"front file {path!r} is not valid JSON: {exc}") from exc
-    return validate_front(front, f"file {path!r}")
-
-
-def _metric_value(entry: Any, where: str) -> float:
-    """A metric entry (``{"value": ...}`` or a bare number) as a float; null becomes NaN."""
-    value = entry.get("value") if isinstance(entry, Mapping) else entry
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"front: {where} has a non-numeric value {value!r}")
-    return float(value)
 
 
 def _units_difference(model_units: list[str], front_units: list[str]) -> str:
@@ -227,7 +161,7 @@ class AdaptiveModel(nn.Module):
         index_of_mask: dict[str, int] = {}
         for i, member in enumerate(members):
             try:
-                bits = _as_bits(member["mask"], len(modules))
+                bits = mask_bits(member["mask"], len(modules))
             except MaskError as exc:
                 raise MaskError(f"front member {i} (mask {member['mask']!r}): {exc}") from None
             listed = member.get("skipped")
@@ -247,16 +181,16 @@ class AdaptiveModel(nn.Module):
             metric_names += [m for m in member["metrics"] if m not in metric_names]
         values = {
             name: tuple(
-                _metric_value(member["metrics"].get(name), f"members[{i}].metrics.{name}")
+                metric_value(member["metrics"].get(name), f"members[{i}].metrics.{name}")
                 for i, member in enumerate(members)
             )
             for name in metric_names
         }
         reference = {
-            name: _metric_value(entry, f"reference.metrics.{name}")
+            name: metric_value(entry, f"reference.metrics.{name}")
             for name, entry in front["reference"]["metrics"].items()
         }
-        directions = {n: ("maximize" if n in _MAXIMIZED else "minimize") for n in metric_names}
+        directions = {n: direction_of(n) for n in metric_names}
         directions.update({o["name"]: o["direction"] for o in front["objectives"]})
         sources = {}
         for name in metric_names:
@@ -358,7 +292,7 @@ class AdaptiveModel(nn.Module):
             member_or_mask = member_or_mask["mask"]
         if isinstance(member_or_mask, (bool, numbers.Integral)):
             raise ConfigError(f"member index must be an int, not {type(member_or_mask).__name__}")
-        bits = _as_bits(member_or_mask, len(self._units))
+        bits = mask_bits(member_or_mask, len(self._units))
         mask = "".join("1" if b else "0" for b in bits)
         i = self._index_of_mask.get(mask)
         if i is not None:

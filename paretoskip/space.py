@@ -5,6 +5,10 @@ form is a bitstring (``"010011"``).  *Locked* units are never skipped; a *group*
 of units skipped together.  The search works on *genes*: one per group and one per
 remaining free unit, ordered by their first unit.
 
+A mask is checked once: :meth:`SkipSpace.validate` (and every method that builds a mask)
+returns a :class:`Mask`, a tuple of 0/1 that remembers its space, and the space's methods
+take a :class:`Mask` of theirs as it is, without checking it again.
+
 Example:
     >>> import paretoskip
     >>> model = paretoskip.create_model("resnet20")
@@ -32,7 +36,29 @@ from .models import skippable_units
 
 __all__ = ["SkipSpace", "Mask"]
 
-Mask = tuple[int, ...]
+
+class Mask(tuple):
+    """A mask checked against its :class:`SkipSpace`: a tuple of 0/1 (equal to the plain
+    tuple), built by the space (:meth:`SkipSpace.validate`, :meth:`~SkipSpace.mask_from_genes`,
+    ...), never directly.  It pickles as a plain tuple (a receiver checks it again)."""
+
+    space: SkipSpace
+
+    def __new__(cls, bits: Iterable[int], space: SkipSpace) -> Mask:
+        mask = super().__new__(cls, bits)
+        mask.space = space
+        return mask
+
+    @property
+    def bitstring(self) -> str:
+        """The canonical text form (``"0101"``)."""
+        text = self.__dict__.get("_text")
+        if text is None:
+            text = self.__dict__["_text"] = "".join("1" if b else "0" for b in self)
+        return text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (tuple, (tuple(self),))
 
 
 @dataclass(frozen=True)
@@ -44,6 +70,7 @@ class SkipSpace:
     groups: tuple[tuple[str, ...], ...] = ()
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
     _genes: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
+    _names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         units = tuple(self.units)
@@ -81,6 +108,7 @@ class SkipSpace:
         if not genes:
             raise MaskError("every unit is locked: nothing can be skipped")
         object.__setattr__(self, "_genes", tuple(genes))
+        object.__setattr__(self, "_names", tuple("+".join(units[i] for i in g) for g in genes))
 
     def _lookup(self, name: str, what: str) -> int:
         try:
@@ -132,17 +160,12 @@ class SkipSpace:
     @property
     def gene_names(self) -> tuple[str, ...]:
         """One name per gene: the unit name, or the group's unit names joined with '+'."""
-        return tuple("+".join(self.units[i] for i in g) for g in self._genes)
+        return self._names
 
     @property
     def param_names(self) -> tuple[str, ...]:
         """Optuna parameter names, ``skip.<gene name>``."""
         return tuple(f"skip.{g}" for g in self.gene_names)
-
-    @property
-    def gene_units(self) -> tuple[tuple[int, ...], ...]:
-        """Unit indices of each gene."""
-        return self._genes
 
     @property
     def locked_prefix(self) -> int:
@@ -154,7 +177,12 @@ class SkipSpace:
 
     # -- conversions ---------------------------------------------------------------------
     def validate(self, mask: Sequence[int] | Sequence[bool] | str) -> Mask:
-        """Check ``mask`` against the space and return it as a tuple of 0/1."""
+        """Check ``mask`` against the space and return it as a :class:`Mask` of 0/1.
+
+        A :class:`Mask` of this space (or of an equal one) is returned as it is.
+        """
+        if isinstance(mask, Mask) and (mask.space is self or mask.space == self):
+            return mask
         if isinstance(mask, str):
             bad = sorted(set(mask) - {"0", "1"})
             if bad:
@@ -180,9 +208,10 @@ class SkipSpace:
                 raise MaskError(
                     f"mask splits the group {names}: its units are skipped together or not at all"
                 )
-        return bits
+        return Mask(bits, self)
 
     def mask_from_genes(self, genes: Sequence[int] | Sequence[bool]) -> Mask:
+        """The mask of one value (0/1) per gene."""
         genes = list(genes)
         if len(genes) != self.n_genes:
             raise MaskError(f"got {len(genes)} genes; this space has {self.n_genes}")
@@ -192,22 +221,27 @@ class SkipSpace:
                 raise MaskError(f"gene value {v!r} is not 0/1")
             for i in g:
                 bits[i] = int(v)
-        return tuple(bits)
+        return Mask(bits, self)
 
     def genes_from_mask(self, mask: Sequence[int] | str) -> tuple[int, ...]:
+        """One value per gene (the inverse of :meth:`mask_from_genes`)."""
         bits = self.validate(mask)
         return tuple(bits[g[0]] for g in self._genes)
 
     def to_bitstring(self, mask: Sequence[int] | str) -> str:
-        return "".join(map(str, self.validate(mask)))
+        """The canonical text form of ``mask`` (``"0101"``)."""
+        return self.validate(mask).bitstring
 
     def from_bitstring(self, text: str) -> Mask:
+        """The mask of a bitstring."""
         return self.validate(text)
 
     def skipped_names(self, mask: Sequence[int] | str) -> list[str]:
+        """Names of the units ``mask`` skips."""
         return [u for u, b in zip(self.units, self.validate(mask)) if b]
 
     def from_names(self, skipped: Iterable[str]) -> Mask:
+        """The mask skipping exactly the named units."""
         bits = [0] * self.n_units
         for name in skipped:
             bits[self._lookup(name, "unit")] = 1
@@ -216,7 +250,7 @@ class SkipSpace:
     @property
     def full(self) -> Mask:
         """The mask that skips nothing."""
-        return (0,) * self.n_units
+        return Mask((0,) * self.n_units, self)
 
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The study database: Optuna storage shared by every engine.
+"""The study database: Optuna storage shared by every engine, and its trials as records.
 
 One Optuna trial per evaluation: parameters ``skip.<gene>`` ∈ {0, 1}, values = the
 objectives, user attributes = everything else (mask, every metric with unit, source and
@@ -7,10 +7,25 @@ fingerprints and provenance are stored as the study's user attribute ``paretoski
 reopening the study with a different model, space, objectives or constraints raises
 :class:`~paretoskip.errors.StudyMismatchError` before anything is written.
 
-Storage: a path (``studies/x.db`` → SQLite), ``:memory:`` (nothing kept), an SQLAlchemy URL (``postgresql+psycopg://…``,
-``mysql+pymysql://…``), ``redis://…`` (Optuna's journal on Redis) or a ``.log`` file
-(Optuna's journal file).  optuna-dashboard and the ``optuna`` command line open the same
-database.
+:class:`TrialRecord` is the one decoder of a trial back into what paretoskip wrote (mask,
+values, metrics, constraint values, feasibility, engine, generation, worker); the front,
+the plots, the engines, the workers and the command line all read trials through it.
+This module is also the one place that reaches into Optuna below its public API (trial ids
+and the storage object, which the multi-worker protocol needs).
+
+Storage: see :mod:`paretoskip.storage` (a path, ``:memory:``, an SQLAlchemy URL,
+``redis://…`` or a ``.log`` journal file).  optuna-dashboard and the ``optuna`` command
+line open the same database.
+
+Example:
+    >>> from paretoskip.study import StudyDB
+    >>> meta = {"schema_version": 1, "space": {"units": ["a", "b"], "locked": [], "groups": []},
+    ...         "objectives": [{"name": "accuracy", "direction": "maximize", "unit": "fraction"},
+    ...                        {"name": "flops", "direction": "minimize", "unit": "FLOPs"}],
+    ...         "constraints": []}
+    >>> db = StudyDB.open(":memory:", "demo", meta=meta)
+    >>> db.name, db.space.units, db.records()
+    ('demo', ('a', 'b'), [])
 """
 
 from __future__ import annotations
@@ -20,21 +35,27 @@ import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-import sqlalchemy
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import ConfigError, StudyMismatchError
-from .evaluate import Evaluation
-from .objectives import Constraint, Objective
+from .evaluate import Evaluation, Metric
+from .metrics import Constraint, Objective
 from .space import SkipSpace
+from .storage import StorageLocation
 
-__all__ = ["StudyDB", "open_storage", "storage_url_for", "SCHEMA_VERSION", "worker_id"]
+__all__ = [
+    "StudyDB",
+    "TrialRecord",
+    "SCHEMA_VERSION",
+    "worker_id",
+    "trial_id",
+    "is_feasible",
+]
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -42,77 +63,121 @@ _DIST = CategoricalDistribution((0, 1))
 
 
 def worker_id() -> str:
+    """This process, as ``host:pid`` (recorded with every trial it writes)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def storage_url_for(storage: str | os.PathLike | None, study_name: str) -> str:
-    """The storage URL for a path, a URL or None (``studies/<name>.db``)."""
-    if storage is None:
-        storage = Path("studies") / f"{study_name}.db"
-    text = os.fspath(storage)
-    if "://" in text or text == ":memory:":
-        return text
-    Path(text).parent.mkdir(parents=True, exist_ok=True)
-    if text.endswith(".log"):
-        return text
-    return f"sqlite:///{text}"
+def trial_id(trial: Any) -> int:
+    """The storage id of an Optuna trial (asked or frozen); Optuna keeps it private."""
+    return trial._trial_id
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for a URL (see the module docstring); ``:memory:`` keeps it in memory."""
-    if url == ":memory:":
-        return optuna.storages.InMemoryStorage()
-    if url.startswith("redis://") or url.startswith("rediss://"):
-        from optuna.storages.journal import JournalRedisBackend
-
-        return optuna.storages.JournalStorage(JournalRedisBackend(url))
-    if "://" not in url:
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(url))
-    if not url.startswith("sqlite"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    if url not in ("sqlite://", "sqlite:///:memory:"):
-        # WAL lets readers (dashboard, front extraction) work beside a writer, and
-        # synchronous=NORMAL makes a commit cheap while staying safe against a killed process
-        sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
-        storage.engine.dispose()
-    return storage
+def is_feasible(constraints: Mapping[str, float] | None) -> bool:
+    """Whether constraint values (≤ 0 satisfied, Optuna's convention) are all satisfied."""
+    return not any(c > 0 for c in (constraints or {}).values())
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    dbapi_conn.execute("PRAGMA journal_mode=WAL")
-    dbapi_conn.execute("PRAGMA synchronous=NORMAL")
-    dbapi_conn.execute("PRAGMA busy_timeout=60000")
+@dataclass(frozen=True)
+class TrialRecord:
+    """A trial of a paretoskip study, decoded (see :meth:`from_trial`).
 
+    ``mask`` comes from the ``mask`` user attribute (written when the trial was told), or
+    from the parameters when a :class:`SkipSpace` is given and every gene is set (a
+    RUNNING or FAILed trial); None otherwise.  ``metrics`` are the raw metric dicts
+    (``{"value", "unit", "source", "spread"}``) as stored.
+    """
 
-def cache_url_for(url: str) -> str | None:
-    """Where the evaluation cache lives for a study storage URL (same database when SQL)."""
-    if url == ":memory:":
-        return None
-    if "://" in url and not url.startswith(("redis://", "rediss://")):
-        return url
-    if "://" not in url:  # journal file: a SQLite file beside it
-        return f"sqlite:///{os.path.splitext(url)[0]}.cache.db"
-    return None
+    number: int
+    trial_id: int
+    state: TrialState
+    mask: str | None
+    values: tuple[float, ...] | None
+    metrics: Mapping[str, Mapping[str, Any]]
+    constraints: Mapping[str, float]
+    feasible: bool
+    engine: str | None
+    generation: int | None
+    worker: str | None
+    cache_hit: bool | None
+    params_complete: bool
+    datetime_start: Any = field(default=None, compare=False)
+
+    @classmethod
+    def from_trial(cls, trial: FrozenTrial, space: SkipSpace | None = None) -> TrialRecord:
+        """Decode one Optuna trial."""
+        attrs = trial.user_attrs
+        complete = space is not None and all(p in trial.params for p in space.param_names)
+        mask = attrs.get("mask")
+        if mask is None and complete:
+            mask = space.to_bitstring(
+                space.mask_from_genes([trial.params[p] for p in space.param_names])
+            )
+        constraints = dict(trial.constraints or {})
+        return cls(
+            number=trial.number,
+            trial_id=trial_id(trial),
+            state=trial.state,
+            mask=mask,
+            values=tuple(trial.values) if trial.values is not None else None,
+            metrics=attrs.get("metrics") or {},
+            constraints=constraints,
+            feasible=is_feasible(constraints),
+            engine=attrs.get("engine"),
+            generation=attrs.get("generation"),
+            worker=attrs.get("worker"),
+            cache_hit=attrs.get("cache_hit"),
+            params_complete=complete,
+            datetime_start=trial.datetime_start,
+        )
+
+    @property
+    def completed(self) -> bool:
+        """A COMPLETE trial with its mask: one evaluation of the study."""
+        return self.state == TrialState.COMPLETE and self.mask is not None
+
+    def evaluation(self, space: SkipSpace) -> Evaluation:
+        """The evaluation this trial recorded, as one the evaluator returns (a cache hit)."""
+        if self.mask is None:
+            raise ConfigError(f"trial {self.number} has no mask: it was not told by paretoskip")
+        return Evaluation(
+            self.mask,
+            tuple(space.skipped_names(self.mask)),
+            {k: Metric.from_dict(v) for k, v in self.metrics.items()},
+            cache_hit=True,
+        )
 
 
 @dataclass
 class StudyDB:
-    """An Optuna study holding a paretoskip search."""
+    """An Optuna study holding a paretoskip search.
+
+    Attributes:
+        study: the Optuna study.
+        location: where it lives (:class:`~paretoskip.storage.StorageLocation`).
+        meta: what the search is (space, objectives, constraints, fingerprints, ...).
+        storage: the Optuna storage object (for the multi-worker protocol).
+    """
 
     study: optuna.Study
-    url: str
+    location: StorageLocation
     meta: dict[str, Any]
+    storage: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._space = SkipSpace.from_dict(self.meta["space"])
 
     @property
     def name(self) -> str:
         return self.study.study_name
 
     @property
+    def url(self) -> str:
+        """The URL (or path) Optuna opened."""
+        return self.location.url
+
+    @property
     def space(self) -> SkipSpace:
-        return SkipSpace.from_dict(self.meta["space"])
+        return self._space
 
     @property
     def objectives(self) -> tuple[Objective, ...]:
@@ -126,69 +191,90 @@ class StudyDB:
     @classmethod
     def open(
         cls,
-        storage: str | os.PathLike | None,
+        storage: str | os.PathLike | StorageLocation | None,
         study_name: str,
         *,
         meta: Mapping[str, Any],
         sampler: optuna.samplers.BaseSampler | None = None,
     ) -> StudyDB:
         """Create the study, or reopen it after checking that it holds the same search."""
-        url = storage_url_for(storage, study_name)
-        store = open_storage(url)
+        location = StorageLocation.parse(storage, study_name).prepare()
+        store = location.open_optuna()
         sampler = sampler or optuna.samplers.RandomSampler(seed=0)
         directions = [o["direction"] for o in meta["objectives"]]
-        existing = {
-            s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)
-        }
-        if study_name in existing:
+        where = location.redacted
+        if study_name in _study_names(store):
             study = optuna.load_study(study_name=study_name, storage=store, sampler=sampler)
             stored = study.user_attrs.get("paretoskip")
             if stored is None:
                 raise StudyMismatchError(
-                    f"study {study_name!r} in {url} was not made by paretoskip; choose another study name"
+                    f"study {study_name!r} in {where} was not made by paretoskip; choose another study name"
                 )
-            _check_same(stored, meta, study_name, url)
-            return cls(study, url, stored)
+            _check_same(stored, meta, study_name, where)
+            return cls(study, location, stored, store)
         try:
             study = optuna.create_study(
                 study_name=study_name, storage=store, directions=directions, sampler=sampler
             )
             study.set_user_attr("paretoskip", dict(meta))
         except optuna.exceptions.DuplicatedStudyError:  # another worker created it just now
-            return cls.open(storage, study_name, meta=meta, sampler=sampler)
-        return cls(study, url, dict(meta))
+            return cls.open(location, study_name, meta=meta, sampler=sampler)
+        return cls(study, location, dict(meta), store)
 
     @classmethod
-    def load(cls, storage: str | os.PathLike, study_name: str | None = None) -> StudyDB:
-        """Open an existing paretoskip study for reading (front, plots)."""
-        url = storage_url_for(storage, study_name or "")
-        store = open_storage(url)
-        names = [
-            s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)
-        ]
+    def load(
+        cls, storage: str | os.PathLike | StorageLocation, study_name: str | None = None
+    ) -> StudyDB:
+        """Open an existing paretoskip study for reading (front, plots); creates nothing."""
+        location = StorageLocation.parse(storage, study_name or "")
+        if location.file is not None and not location.exists():
+            raise ConfigError(f"no study database at {location.file}")
+        store = location.open_optuna()
+        names = _study_names(store)
+        where = location.redacted
         if study_name is None:
             if len(names) != 1:
-                raise ConfigError(f"{url} holds {len(names)} studies ({names}); name one")
+                raise ConfigError(f"{where} holds {len(names)} studies ({names}); name one")
             study_name = names[0]
         if study_name not in names:
-            raise ConfigError(f"no study {study_name!r} in {url}; it holds: {names}")
+            raise ConfigError(f"no study {study_name!r} in {where}; it holds: {names}")
         study = optuna.load_study(study_name=study_name, storage=store)
         meta = study.user_attrs.get("paretoskip")
         if meta is None:
-            raise ConfigError(f"study {study_name!r} in {url} was not made by paretoskip")
-        return cls(study, url, meta)
+            raise ConfigError(f"study {study_name!r} in {where} was not made by paretoskip")
+        return cls(study, location, meta, store)
 
-    # -- trials --------------------------------------------------------------------------
+    # -- reading trials ------------------------------------------------------------------
     def trials(
         self, states: Sequence[TrialState] | None = (TrialState.COMPLETE,)
     ) -> list[FrozenTrial]:
         """Trials without copying them (fast on large studies)."""
         return self.study.get_trials(deepcopy=False, states=tuple(states) if states else None)
 
-    def evaluated_masks(self) -> set[str]:
-        return {t.user_attrs["mask"] for t in self.trials() if "mask" in t.user_attrs}
+    def records(
+        self, states: Sequence[TrialState] | None = (TrialState.COMPLETE,)
+    ) -> list[TrialRecord]:
+        """The trials (COMPLETE ones by default) decoded, in trial order."""
+        space = self.space
+        return [TrialRecord.from_trial(t, space) for t in self.trials(states)]
 
+    def evaluated_masks(self) -> set[str]:
+        """Masks of the completed evaluations."""
+        return {r.mask for r in self.records() if r.mask is not None}
+
+    def record_of(self, trial: Any) -> TrialRecord:
+        """The current state of one trial (asked here or by another worker), decoded."""
+        tid = trial if isinstance(trial, int) else trial_id(trial)
+        return TrialRecord.from_trial(self.storage.get_trial(tid), self.space)
+
+    def generation_of(self, trial: Any) -> int | None:
+        """The generation an Optuna sampler (NSGA-II/III) gave an asked trial, if any."""
+        system = self.storage.get_trial_system_attrs(trial_id(trial))
+        return next((v for k, v in system.items() if k.endswith(":generation")), None)
+
+    # -- writing trials ------------------------------------------------------------------
     def params_of(self, mask: str) -> dict[str, int]:
+        """The trial parameters of a mask."""
         space = self.space
         return dict(zip(space.param_names, space.genes_from_mask(mask)))
 
@@ -196,15 +282,18 @@ class StudyDB:
         return {p: _DIST for p in self.space.param_names}
 
     def values_of(self, ev: Evaluation) -> list[float]:
+        """The objective values of an evaluation (the trial's values)."""
         return [ev[o.name] for o in self.objectives]
 
     def constraint_values(self, ev: Evaluation, reference: Mapping[str, float]) -> dict[str, float]:
+        """Each constraint's value for an evaluation (≤ 0: satisfied)."""
         metrics = {k: m.value for k, m in ev.metrics.items()}
         return {c.key: c.violation(metrics, reference) for c in self.constraints}
 
     def user_attrs_of(
         self, ev: Evaluation, *, engine: str, generation: int | None
     ) -> dict[str, Any]:
+        """What a trial records besides its values (read back by :class:`TrialRecord`)."""
         attrs: dict[str, Any] = {
             "mask": ev.mask,
             "n_skipped": len(ev.skipped),
@@ -237,6 +326,31 @@ class StudyDB:
         self.study.add_trial(trial)
         return trial
 
+    def tell(
+        self,
+        trial: Any,
+        ev: Evaluation,
+        reference: Mapping[str, float],
+        *,
+        engine: str,
+    ) -> None:
+        """Finish an asked trial with an evaluation (Optuna samplers)."""
+        attrs = self.user_attrs_of(ev, engine=engine, generation=self.generation_of(trial))
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        for key, value in self.constraint_values(ev, reference).items():
+            trial.set_constraint(key, value)
+        self.study.tell(trial, self.values_of(ev))
+
+    def fail(self, trial: Any) -> bool:
+        """Mark a RUNNING trial (of any worker) FAIL; False when it has finished already."""
+        tid = trial if isinstance(trial, int) else trial_id(trial)
+        try:
+            self.storage.set_trial_state_values(tid, TrialState.FAIL)
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            return False  # another worker got there first
+        return True
+
     def fail_stale_trials(self, stale_after: float = 3600.0) -> list[str]:
         """Mark RUNNING trials of dead workers as FAIL; return their masks (to be done again).
 
@@ -245,30 +359,23 @@ class StudyDB:
         """
         host = socket.gethostname()
         redo = []
-        storage = self.study._storage
-        for t in self.trials(states=(TrialState.RUNNING,)):
-            worker = t.user_attrs.get("worker", "")
-            whost, _, pid = worker.partition(":")
-            dead = False
+        for r in self.records(states=(TrialState.RUNNING,)):
+            whost, _, pid = (r.worker or "").partition(":")
             if whost == host and pid.isdigit():
                 dead = not _alive(int(pid))
-            elif t.datetime_start is not None:
-                dead = time.time() - t.datetime_start.timestamp() > stale_after
-            if not dead:
+            elif r.datetime_start is not None:
+                dead = time.time() - r.datetime_start.timestamp() > stale_after
+            else:
+                dead = False
+            if not dead or not self.fail(r.trial_id):
                 continue
-            try:
-                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-                continue  # another worker got there first
             log.warning(
-                "trial %d of dead worker %s marked failed; its mask is done again", t.number, worker
+                "trial %d of dead worker %s marked failed; its mask is done again",
+                r.number,
+                r.worker or "",
             )
-            if len(t.params) == len(self.space.param_names):
-                redo.append(
-                    self.space.to_bitstring(
-                        self.space.mask_from_genes([t.params[p] for p in self.space.param_names])
-                    )
-                )
+            if r.params_complete and r.mask is not None:
+                redo.append(r.mask)
         return redo
 
     # -- study-level attributes ----------------------------------------------------------
@@ -280,10 +387,20 @@ class StudyDB:
         self.study.set_user_attr("paretoskip.test_accuracy", merged)
 
     def reference(self) -> dict[str, Any] | None:
+        """The full model's evaluation (``{"mask", "metrics", ...}``), once recorded."""
         return self.study.user_attrs.get("paretoskip.reference")
+
+    def reference_values(self) -> dict[str, float]:
+        """The full model's metric values (empty before the reference is recorded)."""
+        ref = self.reference()
+        return {k: m["value"] for k, m in ref["metrics"].items()} if ref else {}
 
     def set_reference(self, ev: Evaluation) -> None:
         self.study.set_user_attr("paretoskip.reference", ev.to_dict())
+
+
+def _study_names(store: Any) -> list[str]:
+    return [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
 
 
 def _alive(pid: int) -> bool:
@@ -312,7 +429,7 @@ _MUST_MATCH = (
 )
 
 
-def _check_same(stored: Mapping[str, Any], new: Mapping[str, Any], name: str, url: str) -> None:
+def _check_same(stored: Mapping[str, Any], new: Mapping[str, Any], name: str, where: str) -> None:
     for key in _MUST_MATCH:
         if stored.get(key) != new.get(key):
             what = {
@@ -322,7 +439,7 @@ def _check_same(stored: Mapping[str, Any], new: Mapping[str, Any], name: str, ur
                 "settings_fingerprint": "measurement settings or hardware",
             }.get(key, key)
             raise StudyMismatchError(
-                f"study {name!r} in {url} was made with a different {what}: stored {_short(stored.get(key))}, "
+                f"study {name!r} in {where} was made with a different {what}: stored {_short(stored.get(key))}, "
                 f"now {_short(new.get(key))}. Use another study name (or storage) for a different search; "
                 "nothing was written."
             )

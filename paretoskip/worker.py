@@ -67,24 +67,24 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import threading
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from .coordination import Coordination, StudyLock
 from .errors import ConfigError, StudyMismatchError
+from .search import ENGINES, check_run_limits, engine_spec, make_engine, open_study, run_engine
+from .storage import StorageLocation
 from .study import worker_id
 
-__all__ = ["run_worker", "worker_seed", "StudyLock"]
+__all__ = ["run_worker", "worker_seed", "StudyLock", "WORKER_ENGINES"]
 
 log = logging.getLogger(__name__)
 
-#: engines a worker can run (Optuna samplers: their state is the shared study)
-WORKER_ENGINES = ("tpe", "nsga2", "nsga3", "gp", "random", "bruteforce")
+#: Engines a worker can run: those whose state is the shared study (Optuna samplers).
+WORKER_ENGINES: tuple[str, ...] = tuple(n for n in ENGINES if engine_spec(n).shareable)
 
 
 def worker_seed(worker: str | None = None) -> int:
@@ -96,130 +96,6 @@ def worker_seed(worker: str | None = None) -> int:
     """
     text = worker or worker_id()
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
-
-
-class StudyLock:
-    """A lock shared by every worker of one study (re-entrant within a process).
-
-    PostgreSQL: ``pg_advisory_lock``; MySQL: ``GET_LOCK``; Redis: a redis-py lock with a
-    lease (``lease`` seconds, renewed by nobody: keep the locked sections short); SQLite
-    file or journal file: ``flock`` on ``<file>.paretoskip.lock`` (one machine, or a file
-    system with working ``flock``); in-memory SQLite: a thread lock.  A worker that dies
-    releases it (its connection or file closes; the Redis lease expires).
-    """
-
-    def __init__(self, url: str, study_name: str, *, lease: float = 120.0):
-        self.url = url
-        self.name = f"paretoskip:{study_name}"
-        self._local = threading.RLock()
-        self._depth = 0
-        self._engine = None
-        self._conn = None
-        self._fh = None
-        self._redis_lock = None
-        self.lease = lease
-        digest = hashlib.sha256(self.name.encode()).digest()
-        self._pg_key = int.from_bytes(digest[:8], "big", signed=True)
-        if url.startswith(("postgresql", "postgres")):
-            self.kind = "postgresql"
-        elif url.startswith("mysql"):
-            self.kind = "mysql"
-        elif url.startswith(("redis://", "rediss://")):
-            self.kind = "redis"
-        elif url in ("sqlite://", "sqlite:///:memory:", ":memory:"):
-            self.kind = "thread"  # an in-memory study lives in one process
-        elif url.startswith("sqlite"):
-            import sqlalchemy as sa
-
-            self.kind = "file"
-            self.path = Path(str(sa.engine.make_url(url).database) + ".paretoskip.lock")
-        elif "://" not in url:
-            self.kind = "file"
-            self.path = Path(url + ".paretoskip.lock")
-        else:
-            self.kind = "thread"
-            log.warning("no cross-process study lock for %s: workers fall back to ordering", url)
-
-    @property
-    def shared(self) -> bool:
-        """True when the lock excludes other processes (not only other threads)."""
-        return self.kind != "thread"
-
-    def _acquire(self) -> None:
-        if self.kind in ("postgresql", "mysql"):
-            import sqlalchemy as sa
-
-            if self._engine is None:
-                self._engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=1)
-            self._conn = self._engine.connect()
-            if self.kind == "postgresql":
-                self._conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": self._pg_key})
-            else:
-                name = hashlib.sha256(self.name.encode()).hexdigest()[:60]
-                self._conn.execute(sa.text("SELECT GET_LOCK(:n, -1)"), {"n": name})
-            self._conn.commit()
-        elif self.kind == "redis":
-            import redis
-
-            if self._redis_lock is None:
-                client = redis.Redis.from_url(self.url)
-                self._redis_lock = client.lock(self.name, timeout=self.lease, blocking=True)
-            self._redis_lock.acquire()
-        elif self.kind == "file":
-            import fcntl
-
-            self._fh = open(self.path, "a+")  # noqa: SIM115 - held until release
-            fcntl.flock(self._fh, fcntl.LOCK_EX)
-
-    def _release(self) -> None:
-        if self.kind in ("postgresql", "mysql"):
-            import sqlalchemy as sa
-
-            conn, self._conn = self._conn, None
-            try:
-                if self.kind == "postgresql":
-                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self._pg_key})
-                else:
-                    name = hashlib.sha256(self.name.encode()).hexdigest()[:60]
-                    conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": name})
-                conn.commit()
-            finally:
-                conn.close()
-        elif self.kind == "redis":
-            with contextlib.suppress(Exception):  # the lease expired: nothing to release
-                self._redis_lock.release()
-        elif self.kind == "file":
-            import fcntl
-
-            fh, self._fh = self._fh, None
-            try:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-            finally:
-                fh.close()
-
-    def __enter__(self) -> StudyLock:
-        self._local.acquire()
-        try:
-            if self._depth == 0:
-                self._acquire()
-        except BaseException:
-            self._local.release()
-            raise
-        self._depth += 1
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._depth -= 1
-        try:
-            if self._depth == 0:
-                self._release()
-        finally:
-            self._local.release()
-
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
 
 
 def run_worker(
@@ -272,19 +148,15 @@ def run_worker(
         distinct masks.
     """
     from .cache import EvalCache
-    from .search import SearchContext, make_engine, open_study
-    from .search._engines import Coordination
-    from .study import cache_url_for, storage_url_for
 
     if engine not in WORKER_ENGINES:
         raise ConfigError(
             f"engine {engine!r} cannot be shared by several workers; accepted: "
             f"{', '.join(WORKER_ENGINES)} (Optuna samplers, whose state is the study)"
         )
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ConfigError(f"budget={budget!r} must be a positive number of distinct masks")
-    if timeout is not None and timeout <= 0:
-        raise ConfigError(f"timeout={timeout} must be positive seconds")
+    if budget is None:
+        raise ConfigError("budget=None: a worker needs the whole study's budget")
+    check_run_limits(budget, timeout)
     for name, value in (
         ("stale_after", stale_after),
         ("wait_timeout", wait_timeout),
@@ -295,52 +167,49 @@ def run_worker(
     me = worker_id()
     seed = worker_seed(me) if seed is None else int(seed)
     eng = make_engine(engine, seed, **dict(engine_options or {}))
-    url = storage_url_for(storage, study_name)
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        import sqlalchemy as sa
-
-        Path(str(sa.engine.make_url(url).database)).parent.mkdir(parents=True, exist_ok=True)
+    location = StorageLocation.parse(storage, study_name).prepare()
     if evaluator.cache is None:
-        cache_url = cache_url_for(url)
-        if cache_url is not None and cache_url not in ("sqlite://", "sqlite:///:memory:"):
-            evaluator.cache = EvalCache(cache_url)
+        if location.cache_is_shared:
+            evaluator.cache = EvalCache(location.cache_url)
         else:
             log.warning(
                 "no shared evaluation cache for %s: workers take each other's results from the "
                 "study's trials",
-                url,
+                location.redacted,
             )
-    lock = StudyLock(url, study_name)
+    lock = StudyLock(location, study_name)
     started = time.monotonic()
     try:
         with lock:  # one worker creates the study and records the reference at a time
             db = _open_study(
-                open_study,
                 evaluator,
                 objectives=objectives,
                 constraints=constraints,
-                storage=url,
+                storage=location,
                 study_name=study_name,
                 engine=engine,
                 engine_settings=eng.describe(),
                 budget=budget,
                 seed=seed,
             )
-        ctx = SearchContext(
-            evaluator, db, engine=eng.name, budget=budget, timeout=timeout, progress=progress
-        )
         coord = Coordination(
             lock=lock if lock.shared else None,
             stale_after=stale_after,
             wait_timeout=wait_timeout,
             poll_interval=poll_interval,
         )
-        ctx.coordination = coord  # read by OptunaEngine.run
-        log.info("worker %s (seed %d) joins study %s in %s", me, seed, study_name, db.url)
-        try:
-            eng.run(ctx)
-        finally:
-            ctx.close()
+        log.info(
+            "worker %s (seed %d) joins study %s in %s", me, seed, study_name, location.redacted
+        )
+        ctx = run_engine(
+            eng,
+            evaluator,
+            db,
+            budget=budget,
+            timeout=timeout,
+            progress=progress,
+            coordination=coord,
+        )
     finally:
         lock.close()
     summary = ctx.summary()
@@ -360,7 +229,7 @@ def run_worker(
     return summary
 
 
-def _open_study(open_study: Any, evaluator: Any, **kwargs: Any) -> Any:
+def _open_study(evaluator: Any, **kwargs: Any) -> Any:
     """``open_study``, retried for a few seconds over two races with processes that do not
     hold the study lock (a dashboard, a plain ``search``): Optuna creating its tables in an
     empty database at the same moment, and a study created but not yet labelled."""

@@ -7,15 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from paretoskip.config import (
-    build_data,
-    build_evaluator,
-    build_model,
-    front_path,
-    load_study_config,
-    parse_study_config,
-)
+from paretoskip.config import load_study_config, parse_study_config
 from paretoskip.errors import ConfigError
+from paretoskip.pipeline import build_data, build_evaluator, build_model, front_path
 
 REPO = Path(__file__).resolve().parent.parent
 MINIMAL = '[model]\nname = "resnet20"\n[data]\nname = "digits"\n'

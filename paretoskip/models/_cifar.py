@@ -8,12 +8,17 @@ default, or option B (1×1 convolution + batch norm, a projection).
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import StochasticDepth
 
 from ..errors import ConfigError
+from ._registry import register_model
 from ._skip import ModelParts, SkippableUnit, register_parts, skippable_units
 
 __all__ = ["CifarResNet", "BasicBlock"]
@@ -139,3 +144,20 @@ register_parts(
     CifarResNet,
     lambda m: ModelParts(m.forward_stem, tuple(skippable_units(m)), m.forward_head),
 )
+
+
+def _builder(depth: int) -> Callable[..., nn.Module]:
+    """The builder of ResNet-``depth``: :class:`CifarResNet` with its depth fixed."""
+
+    def build(**kwargs: Any) -> nn.Module:
+        return CifarResNet(depth=depth, **kwargs)
+
+    signature = inspect.signature(CifarResNet)
+    build.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in signature.parameters.values() if p.name != "depth"]
+    )
+    return build
+
+
+for _depth in (20, 32, 44, 56, 110):
+    register_model(f"resnet{_depth}", _builder(_depth))

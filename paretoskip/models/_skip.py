@@ -9,7 +9,7 @@ drops the branch.  There are no gates and no per-sample branching.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +23,9 @@ __all__ = [
     "skippable_units",
     "apply_mask",
     "get_mask",
+    "mask_bits",
     "model_parts",
+    "register_parts",
 ]
 
 
@@ -50,17 +52,43 @@ class SkippableUnit:
         finally:
             self.skip = old
 
+    def run_state(self, x: torch.Tensor, state: Hashable) -> torch.Tensor:
+        """Run the block in ``state`` (see :meth:`ModelParts.unit_states`), flags untouched.
+
+        The state of an ordinary unit is its skip bit; a unit whose output also depends on
+        other units' bits (an ADN mandatory block) overrides this.
+        """
+        return self.run(x, bool(state))
+
 
 @dataclass(frozen=True)
 class ModelParts:
     """A model cut into the pieces the evaluator runs one by one.
 
-    ``head(units[-1](... units[0](stem(x))))`` equals ``model(x)``.
+    ``head(units[-1](... units[0](stem(x))))`` equals ``model(x)``.  ``states``, when
+    given, maps a whole mask to one hashable *state* per unit: what that unit's output
+    depends on besides its input (by default its own skip bit); units in equal states
+    compute equal outputs from equal inputs, which is what the evaluator's prefix sharing
+    relies on.
     """
 
     stem: Callable[[torch.Tensor], torch.Tensor]
     units: tuple[tuple[str, nn.Module], ...]
     head: Callable[[torch.Tensor], torch.Tensor]
+    states: Callable[[Sequence[int]], tuple[Hashable, ...]] | None = None
+
+    def unit_states(self, mask: Sequence[int]) -> tuple[Hashable, ...]:
+        """One state per unit for ``mask`` (its skip bits, unless ``states`` says otherwise).
+
+        Example:
+            >>> import paretoskip
+            >>> m = paretoskip.create_model("resnet20")
+            >>> paretoskip.models.model_parts(m).unit_states([0, 1] + [0] * 7)[:3]
+            (False, True, False)
+        """
+        if self.states is None:
+            return tuple(bool(b) for b in mask)
+        return tuple(self.states(mask))
 
 
 def skippable_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -75,7 +103,16 @@ def skippable_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, SkippableUnit)]
 
 
-def _as_bits(mask: Sequence[int] | Sequence[bool] | str, n: int) -> list[bool]:
+def mask_bits(mask: Sequence[int] | Sequence[bool] | str, n: int) -> list[bool]:
+    """``mask`` (a bitstring or 0/1 sequence) as ``n`` booleans, one per unit (True = skipped).
+
+    Checks only the form (0/1, length) against ``n`` units: what a model alone can check.
+    Locked units and groups belong to a :class:`~paretoskip.SkipSpace`.
+
+    Example:
+        >>> mask_bits("0110", 4)
+        [False, True, True, False]
+    """
     if isinstance(mask, str):
         bad = sorted(set(mask) - {"0", "1"})
         if bad:
@@ -101,7 +138,7 @@ def apply_mask(model: nn.Module, mask: Sequence[int] | Sequence[bool] | str) -> 
     A bitstring such as ``"0101"`` is accepted too.
     """
     units = skippable_units(model)
-    bits = _as_bits(mask, len(units))
+    bits = mask_bits(mask, len(units))
     for (_, unit), bit in zip(units, bits):
         unit.skip = bit
 

@@ -17,6 +17,7 @@ from torchvision.models.resnet import Bottleneck as TVBottleneck
 from torchvision.ops import StochasticDepth
 
 from ..errors import ConfigError
+from ._registry import register_model
 from ._skip import ModelParts, SkippableUnit, register_parts, skippable_units
 
 __all__ = ["torchvision_resnet", "TORCHVISION_RESNETS"]
@@ -117,3 +118,5 @@ def _tv_head(m: tvm.ResNet):
 register_parts(
     tvm.ResNet, lambda m: ModelParts(_tv_stem(m), tuple(skippable_units(m)), _tv_head(m))
 )
+for _name in TORCHVISION_RESNETS:
+    register_model(_name, lambda _n=_name, **kw: torchvision_resnet(_n, **kw))

@@ -5,6 +5,11 @@ it proposes masks, the evaluator measures them (from the cache where it can), an
 evaluation becomes a trial of one Optuna study, the study database.  Running the same
 search again resumes it up to the budget.
 
+Engines: :data:`ENGINES` lists them by name.  An engine family is one module of this
+package (an :class:`Engine` subclass and a :func:`register_engine` call per name) and one
+entry in the ``from . import`` line below; several workers on one study are coordinated by
+:mod:`paretoskip.coordination`.
+
 Example:
     >>> import paretoskip
     >>> from paretoskip.data import load_dataset
@@ -28,17 +33,36 @@ from .._version import __version__
 from ..errors import ConfigError
 from ..evaluate import Evaluator
 from ..front import Front
-from ..objectives import Constraint, parse_constraints, parse_objectives
+from ..metrics import METRICS, Constraint, parse_constraints, parse_objectives
 from ..study import SCHEMA_VERSION, StudyDB
+from ._base import (
+    ENGINES,
+    Engine,
+    EngineSpec,
+    check_options,
+    engine_spec,
+    make_engine,
+    register_engine,
+    structured_masks,
+)
 from ._context import SearchContext
-from ._engines import ENGINES, EXHAUSTIVE_LIMIT, Engine, make_engine, structured_masks
+
+# the engine families, in the order ENGINES lists them (each module registers its names)
+from . import _pymoo, _optuna, _exhaustive, _greedy  # noqa: E402, F401, I001  isort: skip
+from ._exhaustive import EXHAUSTIVE_LIMIT  # noqa: E402  isort: skip
 
 __all__ = [
     "search",
     "open_study",
+    "run_engine",
+    "check_run_limits",
     "ENGINES",
     "Engine",
+    "EngineSpec",
+    "register_engine",
+    "engine_spec",
     "make_engine",
+    "check_options",
     "SearchContext",
     "structured_masks",
     "EXHAUSTIVE_LIMIT",
@@ -71,13 +95,12 @@ def open_study(
     """
     objs = parse_objectives(objectives)
     cons = parse_constraints(constraints)
-    settings = evaluator.settings
-    for o in objs:
-        if o.name == "latency" and not settings.latency:
-            raise ConfigError("objective 'latency' needs MeasureSettings(latency=True)")
-        if o.name == "energy" and settings.energy == "none":
+    for name in [o.name for o in objs] + [c.metric for c in cons]:
+        needs = METRICS[name].needs
+        if needs is not None and not needs.met_by(evaluator.settings):
             raise ConfigError(
-                "objective 'energy' needs an energy backend (MeasureSettings(energy='auto' or 'estimated'))"
+                f"{name!r} needs MeasureSettings({needs.setting}={needs.example!r}); these "
+                f"settings have {needs.setting}={getattr(evaluator.settings, needs.setting)!r}"
             )
     # the reference is measured before anything is written, so an unmeasurable objective
     # (e.g. energy without a counter) fails cleanly
@@ -113,6 +136,45 @@ def open_study(
     if ref.mask not in db.evaluated_masks():
         db.record(ref, {k: m.value for k, m in ref.metrics.items()}, engine="reference")
     return db
+
+
+def run_engine(
+    engine: Engine,
+    evaluator: Evaluator,
+    db: StudyDB,
+    *,
+    budget: int,
+    timeout: float | None = None,
+    progress: bool = True,
+    coordination: Any = None,
+) -> SearchContext:
+    """Run ``engine`` on an open study until it holds ``budget`` distinct masks (or time
+    runs out); returns the finished context (its :meth:`~SearchContext.summary`)."""
+    ctx = SearchContext(
+        evaluator,
+        db,
+        engine=engine.name,
+        budget=budget,
+        timeout=timeout,
+        progress=progress,
+        coordination=coordination,
+    )
+    try:
+        engine.run(ctx)
+    finally:
+        ctx.close()
+        log.info("search %s: %s", db.name, ctx.summary())
+    return ctx
+
+
+def check_run_limits(budget: int | None, timeout: float | None) -> None:
+    """Refuse a budget below 1 or a timeout that is not positive."""
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
+    ):
+        raise ConfigError(f"budget={budget!r} must be a positive number of distinct masks")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"timeout={timeout} must be positive seconds")
 
 
 def search(
@@ -152,10 +214,7 @@ def search(
         progress: show a progress bar (evaluations, cache hits, hypervolume).
     """
     eng = make_engine(engine, seed, **dict(engine_options or {}))
-    if budget is not None and budget < 1:
-        raise ConfigError(f"budget={budget} must be a positive number of evaluations")
-    if timeout is not None and timeout <= 0:
-        raise ConfigError(f"timeout={timeout} must be positive seconds")
+    check_run_limits(budget, timeout)
     budget = budget or eng.default_budget or evaluator.space.size
     db = open_study(
         evaluator,
@@ -168,14 +227,7 @@ def search(
         budget=budget,
         seed=seed,
     )
-    ctx = SearchContext(
-        evaluator, db, engine=eng.name, budget=budget, timeout=timeout, progress=progress
-    )
-    try:
-        eng.run(ctx)
-    finally:
-        ctx.close()
-        log.info("search %s: %s", db.name, ctx.summary())
+    ctx = run_engine(eng, evaluator, db, budget=budget, timeout=timeout, progress=progress)
     front = Front.from_study(
         db, epsilon=epsilon, evaluator=evaluator, budget=budget, engine=eng.name, seed=seed
     )

@@ -5,13 +5,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..evaluate import Evaluation, Evaluator
 from ..front import hypervolume
-from ..study import StudyDB
+from ..progress import NullBar, progress_bar
+from ..study import StudyDB, TrialRecord
+
+if TYPE_CHECKING:
+    from ..coordination import Coordination
+
+__all__ = ["SearchContext"]
 
 log = logging.getLogger("paretoskip.search")
 
@@ -21,7 +27,8 @@ class SearchContext:
 
     The budget counts *distinct masks* evaluated in the study (the full-model reference
     included), across resumes and workers; a mask proposed again costs a cache look-up,
-    not an evaluation.
+    not an evaluation.  ``coordination`` (set by :func:`paretoskip.worker.run_worker`) is
+    how several workers of one study share it; None for a single process.
     """
 
     def __init__(
@@ -34,6 +41,7 @@ class SearchContext:
         timeout: float | None,
         progress: bool,
         max_trials: int | None = None,
+        coordination: Coordination | None = None,
     ):
         self.evaluator = evaluator
         self.db = db
@@ -42,37 +50,33 @@ class SearchContext:
         self.constraints = db.constraints
         self.engine = engine
         self.budget = budget
+        self.coordination = coordination
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.started = time.monotonic()
-        trials = db.trials()
-        self.evaluated: set[str] = {t.user_attrs["mask"] for t in trials if "mask" in t.user_attrs}
-        self.recorded: set[tuple[str, int | None, str]] = {
-            (t.user_attrs.get("engine", ""), t.user_attrs.get("generation"), t.user_attrs["mask"])
-            for t in trials
-            if "mask" in t.user_attrs
-        }
-        self._values = [
-            list(t.values) for t in trials if not any(c > 0 for c in t.constraints.values())
-        ]
+        self.evaluated: set[str] = set()
+        self.recorded: set[tuple[str, int | None, str]] = set()
+        self._values: list[list[float]] = []
+        for r in db.records():
+            if r.mask is None:
+                continue
+            self.recorded.add((r.engine or "", r.generation, r.mask))
+            self.evaluated.add(r.mask)
+            if r.feasible:
+                self._values.append(list(r.values or ()))
         self.trials_this_run = 0
         self.max_trials = max_trials if max_trials is not None else 20 * budget + 100
         self.cache_hits = 0
         self.new_evaluations = 0
-        ref = db.reference()
-        self.reference: dict[str, float] = (
-            {k: m["value"] for k, m in ref["metrics"].items()} if ref else {}
+        self.reference: dict[str, float] = db.reference_values()
+        self._bar = progress_bar(
+            budget,
+            progress,
+            desc=engine,
+            unit="eval",
+            initial=min(len(self.evaluated), budget),
+            leave=True,
         )
-        self._bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(
-                total=budget,
-                initial=min(len(self.evaluated), budget),
-                desc=f"{engine}",
-                unit="eval",
-            )
-            self._update_bar()
+        self.refresh()
 
     # -- budget --------------------------------------------------------------------------
     @property
@@ -104,10 +108,11 @@ class SearchContext:
                 self.db.record(ev, self.reference, engine=self.engine, generation=generation)
                 self.recorded.add(key)
                 self.trials_this_run += 1
-        self._update_bar()
+        self.refresh()
         return evs
 
     def account(self, ev: Evaluation) -> None:
+        """Count an evaluation this process got (measured, or from the cache)."""
         new = ev.mask not in self.evaluated
         if ev.cache_hit:
             self.cache_hits += 1
@@ -117,10 +122,20 @@ class SearchContext:
         if new and all(c <= 0 for c in self.db.constraint_values(ev, self.reference).values()):
             self._values.append(self.db.values_of(ev))
 
+    def account_other(self, record: TrialRecord) -> None:
+        """Count an evaluation another worker completed (a COMPLETE trial of the study)."""
+        if record.mask is None or record.mask in self.evaluated:
+            return
+        self.evaluated.add(record.mask)
+        if record.feasible:
+            self._values.append(list(record.values or ()))
+
     def minimised(self, ev: Evaluation) -> list[float]:
+        """The objective values of ``ev``, each signed so that it is minimised."""
         return [o.sign * ev[o.name] for o in self.objectives]
 
     def constraint_vector(self, ev: Evaluation) -> list[float]:
+        """The constraint values of ``ev`` (≤ 0 satisfied), in the study's order."""
         values = self.db.constraint_values(ev, self.reference)
         return [values[c.key] for c in self.constraints]
 
@@ -130,8 +145,9 @@ class SearchContext:
             return 0.0
         return hypervolume(np.array(self._values), self.objectives, self.reference)
 
-    def _update_bar(self) -> None:
-        if self._bar is None:
+    def refresh(self) -> None:
+        """Bring the progress bar up to date (nothing without one)."""
+        if isinstance(self._bar, NullBar):
             return
         self._bar.n = min(len(self.evaluated), self.budget)
         self._bar.set_postfix(
@@ -140,8 +156,7 @@ class SearchContext:
         self._bar.refresh()
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        self._bar.close()
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import pickle
@@ -13,8 +15,18 @@ from pymoo.core.duplicate import DuplicateElimination
 from pymoo.core.sampling import Sampling
 
 from ..errors import ConfigError
+from ..space import Mask, SkipSpace
+from ._base import Engine, register_engine, structured_masks
 from ._context import SearchContext
-from ._engines import Engine, _check_options, structured_masks
+
+__all__ = ["PymooEngine", "ALGORITHMS", "ArchiveDuplicates", "StructuredSampling"]
+
+#: pymoo algorithm → description (registered as engines ``pymoo-<algorithm>``).
+ALGORITHMS: dict[str, str] = {
+    "nsga2": "pymoo NSGA-II with archive duplicate elimination (default)",
+    "nsga3": "pymoo NSGA-III (Das-Dennis reference directions)",
+    "smsemoa": "pymoo SMS-EMOA (hypervolume-based selection)",
+}
 
 log = logging.getLogger("paretoskip.search")
 
@@ -28,8 +40,6 @@ class PymooEngine(Engine):
     by a crash are in the study and the cache, so none is measured twice.
     """
 
-    ALGORITHMS = ("nsga2", "nsga3", "smsemoa")
-
     def __init__(
         self,
         algorithm: str = "nsga2",
@@ -39,9 +49,7 @@ class PymooEngine(Engine):
         mutation_prob: float | None = None,
         structured_start: bool = True,
         checkpoint: str | os.PathLike | None = None,
-        **options: Any,
     ):
-        _check_options(f"pymoo-{algorithm}", options, set())
         if crossover not in ("two-point", "uniform"):
             raise ConfigError(f"crossover={crossover!r}; accepted: 'two-point', 'uniform'")
         if pop_size < 4:
@@ -101,18 +109,11 @@ class PymooEngine(Engine):
         return algo
 
     def _checkpoint_path(self, ctx: SearchContext) -> Path | None:
+        """``<database file>.<study>.<engine>.pkl`` beside a file database (``studies/<study>.
+        <study>.<engine>.pkl`` for a server); none for an in-memory study (no resume)."""
         if self.checkpoint is not None:
             return Path(self.checkpoint)
-        url = ctx.db.url
-        if url in ("sqlite://", "sqlite:///:memory:", ":memory:"):
-            return None  # an in-memory study cannot be resumed: no checkpoint
-        if url.startswith("sqlite:///"):
-            base = Path(url[len("sqlite:///") :])
-        elif "://" not in url:
-            base = Path(url)
-        else:
-            base = Path("studies") / ctx.db.name
-        return base.with_name(f"{base.name}.{ctx.db.name}.{self.name}.pkl")
+        return ctx.db.location.side_file(f"{ctx.db.name}.{self.name}.pkl", ctx.db.name)
 
     def run(self, ctx: SearchContext) -> None:
         path = self._checkpoint_path(ctx)
@@ -170,7 +171,7 @@ class PymooEngine(Engine):
                     path = None
 
 
-def _prefix_with_new(masks: list[tuple[int, ...]], ctx: SearchContext) -> int:
+def _prefix_with_new(masks: list[Mask], ctx: SearchContext) -> int:
     """How many leading masks fit the budget (masks already in the study cost nothing)."""
     new = 0
     for i, m in enumerate(masks):
@@ -186,13 +187,12 @@ def _study_elite(ctx: SearchContext, n: int) -> list[tuple[int, ...]]:
     from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
     rows, genes = [], []
-    for t in ctx.db.trials():
-        mask = t.user_attrs.get("mask")
-        if mask is None:
+    for r in ctx.db.records():
+        if r.mask is None:
             continue
-        violation = sum(max(0.0, c) for c in t.constraints.values())
-        rows.append([violation, *[o.sign * v for o, v in zip(ctx.objectives, t.values)]])
-        genes.append(ctx.space.genes_from_mask(mask))
+        violation = sum(max(0.0, c) for c in r.constraints.values())
+        rows.append([violation, *[o.sign * v for o, v in zip(ctx.objectives, r.values)]])
+        genes.append(ctx.space.genes_from_mask(r.mask))
     if not rows:
         return []
     arr = np.array(rows)
@@ -241,7 +241,7 @@ class StructuredSampling(Sampling):
     """The full model, 'skip the last k units of every stage' masks, then random masks."""
 
     def __init__(
-        self, space, structured: bool = True, seeds: list[tuple[int, ...]] | None = None
+        self, space: SkipSpace, structured: bool = True, seeds: list[tuple[int, ...]] | None = None
     ) -> None:
         super().__init__()
         self.space = space
@@ -255,3 +255,15 @@ class StructuredSampling(Sampling):
         while len(genes) < n_samples:
             genes.append(list((rng.random(problem.n_var) < 0.5).astype(int)))
         return np.array(genes, dtype=bool)
+
+
+_OPTIONS = tuple(
+    n for n in inspect.signature(PymooEngine).parameters if n not in ("algorithm", "seed")
+)
+for _algorithm, _description in ALGORITHMS.items():
+    register_engine(
+        f"pymoo-{_algorithm}",
+        _description,
+        functools.partial(PymooEngine, _algorithm),
+        options=_OPTIONS,
+    )

@@ -1,0 +1,193 @@
+"""Optuna's samplers as engines, driven through ask/tell on the study itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+import warnings
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from ..coordination import Coordination
+from ..evaluate import Evaluation
+from ..study import worker_id
+from ._base import Engine, register_engine
+from ._context import SearchContext
+
+__all__ = ["OptunaEngine", "SAMPLER_OPTIONS"]
+
+log = logging.getLogger("paretoskip.search")
+
+#: Sampler name → (description, the sampler settings it accepts).
+SAMPLER_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "nsga2": (
+        "Optuna NSGAIISampler",
+        ("population_size", "mutation_prob", "crossover_prob", "swapping_prob"),
+    ),
+    "nsga3": (
+        "Optuna NSGAIIISampler",
+        ("population_size", "mutation_prob", "crossover_prob", "swapping_prob"),
+    ),
+    "tpe": ("Optuna TPESampler (multivariate)", ("n_startup_trials", "multivariate")),
+    "gp": ("Optuna GPSampler", ("n_startup_trials",)),
+    "random": ("Optuna RandomSampler", ()),
+    "bruteforce": ("Optuna BruteForceSampler", ()),
+}
+
+
+class OptunaEngine(Engine):
+    """An Optuna sampler driven through ask/tell; trials are the study's own.
+
+    Its state is the study, so several workers can share it (:mod:`paretoskip.worker`).
+    """
+
+    shareable = True
+
+    def __init__(self, sampler: str, seed: int = 0, batch: int | None = None, **options: Any):
+        self.sampler_name = sampler
+        self.name = sampler
+        super().__init__(seed, **options)
+        self.batch = batch
+
+    def make_sampler(self) -> optuna.samplers.BaseSampler:
+        """The configured Optuna sampler."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            o = dict(self.options)
+            s = self.sampler_name
+            if s in ("nsga2", "nsga3"):
+                o.setdefault("population_size", 20)
+                cls = (
+                    optuna.samplers.NSGAIISampler
+                    if s == "nsga2"
+                    else optuna.samplers.NSGAIIISampler
+                )
+                return cls(seed=self.seed, **o)
+            if s == "tpe":
+                o.setdefault("multivariate", True)
+                # several workers: avoid masks others are evaluating
+                o.setdefault("constant_liar", True)
+                return optuna.samplers.TPESampler(seed=self.seed, **o)
+            if s == "gp":
+                return optuna.samplers.GPSampler(seed=self.seed, **o)
+            if s == "random":
+                return optuna.samplers.RandomSampler(seed=self.seed)
+            return _AskTellBruteForceSampler(seed=self.seed)
+
+    def _batch_size(self) -> int:
+        if self.batch:
+            return self.batch
+        if self.sampler_name in ("nsga2", "nsga3"):
+            return self.options.get("population_size", 20)
+        return 1 if self.sampler_name == "gp" else 4
+
+    def run(self, ctx: SearchContext) -> None:
+        """Ask a batch, evaluate it, tell it, until the study holds the budget.
+
+        Several processes may run this on one study at once (see :mod:`paretoskip.worker`,
+        which gives the context a :class:`~paretoskip.coordination.Coordination`): the
+        budget counts the masks completed by every worker plus those other workers are
+        evaluating; a mask another worker is already evaluating is waited for and taken
+        from the cache instead of evaluated again; and RUNNING trials of dead workers are
+        failed and their masks enqueued again, before every ask.  A single process behaves
+        as a plain ask/tell loop.
+        """
+        db = ctx.db
+        space = ctx.space
+        study = db.study
+        study.sampler = self.make_sampler()
+        dists = db.distributions()
+        coord = ctx.coordination or Coordination()
+        batch = self._batch_size()
+        me = worker_id()
+
+        while True:
+            with coord.locked():  # asks are atomic across the workers that share this lock
+                coord.redo_stale(ctx)
+                others = coord.sync(ctx)
+                if ctx.done():
+                    break
+                busy = {r.mask for r in others} - ctx.evaluated
+                n = min(batch, ctx.remaining - len(busy))
+                trials = []
+                for _ in range(max(n, 0)):
+                    t = study.ask()  # owner first, so that a dead worker's trial is found
+                    t.set_user_attr("worker", me)
+                    t.set_user_attr("engine", self.name)
+                    for name, dist in dists.items():
+                        t.suggest_categorical(name, dist.choices)
+                    trials.append(t)
+                masks = [
+                    space.mask_from_genes([t.params[p] for p in space.param_names]) for t in trials
+                ]
+                waits = coord.in_flight(ctx, trials) if trials else {}
+            if not trials:  # the rest of the budget is in other workers' hands: wait
+                time.sleep(coord.poll_interval)
+                continue
+            own = [i for i in range(len(trials)) if i not in waits]
+            self._tell(ctx, [trials[i] for i in own], [masks[i] for i in own])
+            if waits:
+                idx = sorted(waits)
+                known = coord.wait_for(ctx, {i: waits[i] for i in idx}, masks)
+                self._tell(ctx, [trials[i] for i in idx], [masks[i] for i in idx], known)
+            ctx.refresh()
+
+    def _tell(
+        self,
+        ctx: SearchContext,
+        trials: list[Any],
+        masks: list[Any],
+        known: dict[str, Evaluation] | None = None,
+    ) -> None:
+        """Evaluate the masks (except ``known`` results) and tell the trials."""
+        if not trials:
+            return
+        db, study = ctx.db, ctx.db.study
+        known = known or {}
+        bits = [ctx.space.to_bitstring(m) for m in masks]
+        todo = [m for m, b in zip(masks, bits) if b not in known]
+        try:
+            evs = ctx.evaluator.evaluate_many(todo) if todo else []
+        except BaseException:
+            for t in trials:
+                study.tell(t, state=TrialState.FAIL)
+            raise
+        results = {**known, **{ev.mask: ev for ev in evs}}
+        told: set[str] = set()
+        for t, b in zip(trials, bits):
+            ev = results[b]
+            if b in told:  # asked twice in this batch: evaluated once, the second is a hit
+                ev = dataclasses.replace(ev, cache_hit=True, seconds=0.0)
+            told.add(b)
+            ctx.account(ev)
+            db.tell(t, ev, ctx.reference, engine=self.name)
+            ctx.trials_this_run += 1
+
+
+class _AskTellBruteForceSampler(optuna.samplers.BruteForceSampler):
+    """BruteForceSampler whose end-of-space signal works outside ``optimize()``.
+
+    Optuna's sampler calls ``study.stop()`` when the space is exhausted, which raises
+    outside ``optimize()``; the search loop stops by itself when every mask is done.
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:
+        try:
+            super().after_trial(study, trial, state, values)
+        except RuntimeError as exc:
+            if "Study.stop" not in str(exc):
+                raise
+
+
+for _sampler, (_description, _options) in SAMPLER_OPTIONS.items():
+    register_engine(
+        _sampler,
+        _description,
+        functools.partial(OptunaEngine, _sampler),
+        options=(*_options, "batch"),
+        shareable=True,
+    )
