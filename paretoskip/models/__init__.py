@@ -39,6 +39,7 @@ from ._skip import (
 # the model families (each registers its models)
 from ._cifar import BasicBlock, CifarResNet  # noqa: E402  isort: skip
 from ._torchvision import TORCHVISION_RESNETS, make_skippable, torchvision_resnet  # noqa: E402  isort: skip
+from . import _adn  # noqa: E402, F401  isort: skip
 
 __all__ = [
     "create_model",

@@ -23,6 +23,7 @@ bit-reproducible).  The caller's global RNG state is restored afterwards.
 
 from __future__ import annotations
 
+from ._adn import AdaptiveDepth, distillation_loss  # registers the "adn" recipe
 from ._loop import FitResult, TrainSettings, augment_batch, evaluate_accuracy, fit
 from ._recipes import (
     RECIPES,
@@ -54,4 +55,6 @@ __all__ = [
     "read_state",
     "write_state",
     "state_path_for",
+    "AdaptiveDepth",
+    "distillation_loss",
 ]

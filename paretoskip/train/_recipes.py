@@ -11,8 +11,8 @@ A new recipe is one :class:`Recipe` subclass and one :func:`register_recipe` cal
 
 Example:
     >>> from paretoskip.train import RECIPES, get_recipe
-    >>> sorted(RECIPES)[:2]
-    ['plain', 'stochastic-depth']
+    >>> {"plain", "stochastic-depth"} <= set(RECIPES)
+    True
     >>> get_recipe("plain").model_kwargs({})
     {'p_last': 1.0}
 """
