@@ -116,6 +116,9 @@ class DatasetSplits:
     std: tuple[float, ...] = ()
     has_official_test: bool = False
     load_args: dict[str, Any] = field(default_factory=dict)
+    #: pixel value of full intensity in the source files (16 for digits, 255 otherwise): a
+    #: device feeds the model ``(pixel / scale - mean) / std``
+    scale: float = 255.0
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary (for checkpoints, study databases and front files)."""
@@ -131,6 +134,8 @@ class DatasetSplits:
             "classes": list(self.classes),
             "mean": list(self.mean),
             "std": list(self.std),
+            "scale": self.scale,
+            "normalisation": "(pixel / scale - mean) / std, per channel",
             "official_test": self.has_official_test,
             "load_args": dict(self.load_args),
         }
@@ -655,6 +660,7 @@ def load_dataset(
         mean=mean,
         std=std,
         has_official_test=src.has_official_test,
+        scale=float(src.scale),
         load_args={
             "val_size": _jsonable_number(val_size),
             "test_size": _jsonable_number(test_size),

@@ -15,6 +15,8 @@ __all__ = [
     "StudyMismatchError",
     "BudgetError",
     "EnergyUnavailableError",
+    "ExportError",
+    "ExportCheckError",
 ]
 
 
@@ -48,3 +50,11 @@ class BudgetError(ParetoSkipError, ValueError):
 
 class EnergyUnavailableError(ParetoSkipError, RuntimeError):
     """An energy counter was asked for but cannot be read on this machine."""
+
+
+class ExportError(ParetoSkipError, RuntimeError):
+    """A configuration could not be exported (e.g. the IREE compiler rejected the graph)."""
+
+
+class ExportCheckError(ExportError):
+    """An exported file does not compute what the masked model computes."""
