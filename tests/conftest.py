@@ -5,10 +5,17 @@ from __future__ import annotations
 import os
 import uuid
 
-import pytest
-import torch
+# One intra-op thread in the tests and in every subprocess they start: on small shared
+# machines two OpenMP threads competing with other processes run up to 10x slower, and one
+# thread keeps the results independent of the machine's core count.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import paretoskip
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import paretoskip  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REQUIRE_SERVERS = os.environ.get("PARETOSKIP_REQUIRE_SERVERS") == "1"
 PG_ADMIN_URL = os.environ.get(
