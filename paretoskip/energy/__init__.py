@@ -96,10 +96,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import ConfigError, EnergyUnavailableError
-from ._base import EnergyMeter, EnergyReading
+from ._base import EnergyMeter, EnergyReading, PowerReading
 from ._estimated import DEFAULT_WATTS_PER_CORE, EstimatedMeter
 from ._null import NullMeter
-from ._nvml import NvmlMeter
+from ._nvml import NvmlMeter, nvml_device_record, nvml_uuid_of
 from ._rapl import DEFAULT_POWERCAP_ROOT, RaplMeter
 from ._zeus import ZeusMeter
 
@@ -116,6 +116,11 @@ __all__ = [
     "NullMeter",
     "register_backend",
     "make_energy_meter",
+    "make_device_energy_meter",
+    "DEVICE_BACKENDS",
+    "PowerReading",
+    "nvml_device_record",
+    "nvml_uuid_of",
     "probe_energy_meters",
 ]
 
@@ -185,7 +190,8 @@ def _build(name: str, options: Mapping[str, Any]) -> EnergyMeter:
 def make_energy_meter(backend: str = "none", **options: Any) -> EnergyMeter:
     """The energy meter named ``backend``, one of :data:`ENERGY_BACKENDS`.
 
-    Options: ``powercap_root`` (rapl), ``device`` (nvml), ``gpu_indices`` and
+    Options: ``powercap_root`` (rapl), ``device``, ``uuid`` and ``stall_seconds`` (nvml),
+    ``gpu_indices`` and
     ``cpu_indices`` (zeus), ``watts_per_core`` (estimated) and ``strict`` (all; see the
     module docstring). A named backend accepts only its own options; ``auto`` accepts those
     of rapl, nvml and zeus (and ``strict``) and passes each its own.
@@ -217,13 +223,21 @@ def make_energy_meter(backend: str = "none", **options: Any) -> EnergyMeter:
     return meter
 
 
-def _auto(options: Mapping[str, Any]) -> EnergyMeter:
-    accepted = tuple(sorted({o for n in _auto_order() for o in _BACKENDS[n][1]}))
+def _auto(
+    options: Mapping[str, Any],
+    order: Sequence[str] | None = None,
+    per_backend: Mapping[str, Mapping[str, Any]] | None = None,
+) -> EnergyMeter:
+    order = tuple(order if order is not None else _auto_order())
+    accepted = tuple(sorted({o for n in order for o in _BACKENDS[n][1]}))
     _check_option_names(options, accepted, "energy backend 'auto'")
     strict = options.get("strict", False)
     candidate_options = {k: v for k, v in options.items() if k != "strict"}
+    per_backend = per_backend or {}
     # Validate every candidate's options before reading any counter.
-    candidates = [_build(name, candidate_options) for name in _auto_order()]
+    candidates = [
+        _build(name, {**per_backend.get(name, {}), **candidate_options}) for name in order
+    ]
     rejected: dict[str, str] = {}
     for meter in candidates:
         try:
@@ -257,11 +271,92 @@ def _auto(options: Mapping[str, Any]) -> EnergyMeter:
     meter = NullMeter(reason=f"no energy counter is readable here (backend 'auto': {summary})")
     meter.auto_choice = {
         "chosen_by": "auto",
-        "why": "none of rapl, nvml, zeus reads here",
+        "why": f"none of {', '.join(order)} reads here",
         "not_chosen": dict(rejected),
         "not_tried": [],
     }
     return meter
+
+
+#: The backends that measure a model where it runs, per device type, in ``auto``'s order.
+DEVICE_BACKENDS: Mapping[str, tuple[str, ...]] = {
+    "cpu": ("rapl", "zeus"),
+    "cuda": ("nvml", "zeus"),
+}
+
+
+def make_device_energy_meter(
+    backend: str = "none", device: Any = "cpu", **options: Any
+) -> EnergyMeter:
+    """The energy meter for a model that runs on ``device``: it reads *that* device.
+
+    :func:`make_energy_meter` knows nothing of where the model runs, so ``auto`` may pick
+    NVML on a machine with a GPU while the candidate runs on the CPU (measuring a GPU that
+    never ran it).  Here:
+
+    * ``device`` ``"cpu"``: ``auto`` tries ``rapl`` then ``zeus`` (its CPU packages only);
+      ``nvml`` is refused; ``rapl``, ``zeus``, ``estimated`` and ``none`` are accepted.
+    * ``device`` ``"cuda[:N]"``: ``auto`` tries ``nvml`` (the GPU found by its UUID, so
+      ``CUDA_VISIBLE_DEVICES`` and the CUDA device order do not matter) then ``zeus`` (that
+      GPU only); ``rapl`` and ``estimated`` (they measure or estimate the host CPU) are
+      refused.
+
+    ``options`` are those of :func:`make_energy_meter`; the device options (``uuid`` or
+    ``device`` for nvml, ``gpu_indices``/``cpu_indices`` for zeus) are filled in unless
+    given.
+
+    Raises:
+        ConfigError: an unknown backend or option, or a backend that does not measure
+            ``device``.
+        EnergyUnavailableError: ``strict=True`` and the backend cannot read here.
+
+    Example:
+        >>> make_device_energy_meter("nvml", "cpu")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        paretoskip.errors.ConfigError: energy backend 'nvml' reads an NVIDIA GPU's counter, ...
+        >>> make_device_energy_meter("estimated", "cpu").source
+        'estimated:cpu-time'
+    """
+    import torch
+
+    name = _backend_name(backend)
+    dev = torch.device(device)
+    if dev.type not in DEVICE_BACKENDS:
+        raise ConfigError(
+            f"device {str(dev)!r} has no energy backends; accepted devices: "
+            f"{', '.join(DEVICE_BACKENDS)}"
+        )
+    if name == "none":
+        return make_energy_meter("none", **options)
+    per_backend: dict[str, dict[str, Any]] = {}
+    if dev.type == "cpu":
+        if name == "nvml":
+            raise ConfigError(
+                "energy backend 'nvml' reads an NVIDIA GPU's counter, but the model runs on the "
+                "cpu: it would measure a GPU that never ran the candidate; use 'rapl' or 'auto', "
+                "or measure.device = 'cuda'"
+            )
+        per_backend["zeus"] = {"gpu_indices": []}
+    else:
+        if name in ("rapl", "estimated"):
+            raise ConfigError(
+                f"energy backend {name!r} measures the host CPU, but the model runs on "
+                f"{dev}: it would not measure the device that ran the candidate; use 'nvml', "
+                "'zeus' or 'auto' (or 'none')"
+            )
+        from ._nvml import nvml_uuid_of
+
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        uuid = nvml_uuid_of(torch.device("cuda", index))
+        if "uuid" not in options and "device" not in options:
+            per_backend["nvml"] = {"uuid": uuid} if uuid is not None else {"device": index}
+        per_backend["zeus"] = {"gpu_indices": [index], "cpu_indices": []}
+    if name == "auto":
+        return _auto(options, DEVICE_BACKENDS[dev.type], per_backend)
+    merged = {k: v for k, v in per_backend.get(name, {}).items() if k in _BACKENDS[name][1]}
+    merged.update(options)
+    return make_energy_meter(name, **merged)
 
 
 def probe_energy_meters(**options: Any) -> list[dict[str, Any]]:

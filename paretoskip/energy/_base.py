@@ -20,6 +20,7 @@ from ..errors import ConfigError, EnergyUnavailableError
 
 __all__ = [
     "EnergyReading",
+    "PowerReading",
     "EnergyMeter",
     "UNAVAILABLE",
     "check_min_seconds",
@@ -103,6 +104,71 @@ class EnergyReading:
         return cls(joules=math.nan, source=UNAVAILABLE, seconds=seconds, calls=calls, reason=reason)
 
 
+class _Stalled(Exception):
+    """An aligned window's counter did not move for ``stall_seconds``."""
+
+    def __init__(self, seconds: float, calls: int) -> None:
+        super().__init__(seconds, calls)
+        self.seconds, self.calls = seconds, calls
+
+
+@dataclass(frozen=True)
+class PowerReading:
+    """A mean power (W) over measured windows, with its source: e.g. a device's idle power.
+
+    Attributes:
+        watts: the median over the windows; ``math.nan`` when unavailable (never 0 for "not
+            measured").
+        source: ``"measured:<backend>"`` or ``"unavailable"``.
+        spread: inter-quartile range over the windows (None for one window).
+        seconds: total length of the windows.
+        reason: what was measured, or why nothing was.
+
+    Example:
+        >>> PowerReading(watts=61.5, source="measured:nvml", spread=0.4).to_dict()["unit"]
+        'W'
+    """
+
+    watts: float
+    source: str
+    spread: float | None = None
+    seconds: float = 0.0
+    reason: str | None = None
+    unit: str = "W"
+
+    def __post_init__(self) -> None:
+        watts = float(self.watts)
+        if self.source == UNAVAILABLE:
+            if not math.isnan(watts) or not self.reason:
+                raise ConfigError("an unavailable PowerReading needs watts=math.nan and a reason")
+        elif not (self.source.startswith("measured:") and math.isfinite(watts) and watts > 0):
+            raise ConfigError(
+                f"a PowerReading is 'measured:<backend>' with finite watts > 0 or "
+                f"'unavailable', got source={self.source!r}, watts={self.watts!r}"
+            )
+
+    @property
+    def available(self) -> bool:
+        """True when :attr:`watts` is a measured number."""
+        return self.source != UNAVAILABLE
+
+    @classmethod
+    def unavailable(cls, reason: str, *, seconds: float = 0.0) -> PowerReading:
+        """No power: ``watts=nan``, ``source="unavailable"`` and why."""
+        return cls(watts=math.nan, source=UNAVAILABLE, seconds=seconds, reason=reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able (``value`` null when unavailable)."""
+        return {
+            "value": self.watts if self.available else None,
+            "unit": self.unit,
+            "source": self.source,
+            "spread": self.spread,
+            "seconds": self.seconds,
+            "reason": self.reason,
+        }
+
+
 class EnergyMeter(ABC):
     """Measures the energy per call of a workload; one subclass per backend.
 
@@ -113,6 +179,15 @@ class EnergyMeter(ABC):
     name: str = ""
     #: Shortest window that gives a meaningful reading (a warning is logged below it).
     recommended_min_seconds: float = 0.0
+    #: The counter updates in steps (NVML: every ~20-100 ms): windows open and close on an
+    #: update (see :meth:`_aligned_window`); such meters implement ``_read`` and
+    #: ``_difference``.
+    aligned: bool = False
+    #: An aligned window whose counter does not move for this long gives an unavailable
+    #: reading (a frozen counter), never 0 J.
+    stall_seconds: float = 2.0
+    #: The timer windows are measured with (seconds); a test may give a meter its own.
+    clock: Callable[[], float] = staticmethod(time.perf_counter)
 
     def __init__(self, *, strict: bool = False) -> None:
         if not isinstance(strict, bool):
@@ -178,6 +253,111 @@ class EnergyMeter(ABC):
             raise EnergyUnavailableError(f"energy backend {self.name!r} cannot read: {reason}")
         return EnergyReading.unavailable(reason, seconds=seconds, calls=calls)
 
+    # -- windows ---------------------------------------------------------------------------
+    def _read(self) -> Any:
+        """The raw counters now (aligned meters); raise EnergyUnavailableError."""
+        return self._begin()
+
+    def _difference(self, start: Any, end: Any) -> tuple[float, dict[str, float]]:
+        """Joules between two raw readings (total, per domain) (aligned meters)."""
+        raise NotImplementedError
+
+    def _advanced(self, before: Any, after: Any) -> bool:
+        """Whether the counter moved between two raw readings (aligned meters)."""
+        return bool(before != after)
+
+    def _plain_window(
+        self, workload: Callable[[], object], min_seconds: float
+    ) -> tuple[float, dict[str, float], int, float]:
+        token = self._begin()
+        n = 0
+        start = self.clock()
+        while True:
+            workload()
+            n += 1
+            elapsed = self.clock() - start
+            if elapsed >= min_seconds:
+                break
+        joules, domains = self._end(token)
+        return joules, domains, n, elapsed
+
+    def _aligned_window(
+        self, workload: Callable[[], object], min_seconds: float
+    ) -> tuple[float, dict[str, float], int, float]:
+        """A window that opens and closes on counter updates, the workload running across both.
+
+        A counter that updates in steps (NVML: every ~20-100 ms) read at arbitrary times is
+        stale by up to one step at each end of a window.  Here the counter is read after
+        every call: the window opens at the first update seen and closes at the first update
+        seen once ``min_seconds`` have passed, and only the calls in between are counted, so
+        the energy and the calls cover the same stretch of work (up to the parts of the two
+        calls during which the updates fell, which offset each other).
+        """
+        last = self._read()
+        t_last = self.clock()
+        calls = 0
+        while True:  # wait for an update while the workload runs: the window opens there
+            workload()
+            calls += 1
+            reading, now = self._read(), self.clock()
+            if self._advanced(last, reading):
+                break
+            if now - t_last > self.stall_seconds:
+                raise _Stalled(now - t_last, calls)
+        start, t_start = reading, now
+        last, t_last, n = reading, now, 0
+        while True:
+            workload()
+            n += 1
+            reading, now = self._read(), self.clock()
+            if self._advanced(last, reading):
+                if now - t_start >= min_seconds:
+                    break
+                last, t_last = reading, now
+            elif now - t_last > self.stall_seconds:
+                raise _Stalled(now - t_last, n)
+        joules, domains = self._difference(start, reading)
+        return joules, domains, n, now - t_start
+
+    def _measure_windows(
+        self, workload: Callable[[], object], min_seconds: float, windows: int
+    ) -> tuple[list[tuple[float, dict[str, float], int, float]], EnergyReading | None]:
+        """``(windows measured, None)``, or ``(windows so far, unavailable reading)``."""
+        window = self._aligned_window if self.aligned else self._plain_window
+        done: list[tuple[float, dict[str, float], int, float]] = []
+        seconds, calls = 0.0, 0
+        for _ in range(windows):
+            try:
+                joules, domains, n, elapsed = window(workload, min_seconds)
+            except _Stalled as stalled:
+                reason = self._no_energy_reason(0.0, stalled.seconds, stalled.calls)
+                return done, self._unavailable(
+                    reason, seconds=seconds + stalled.seconds, calls=calls + stalled.calls
+                )
+            except EnergyUnavailableError as exc:
+                return done, self._unavailable(str(exc), seconds=seconds, calls=calls)
+            seconds += elapsed
+            calls += n
+            if not (math.isfinite(joules) and joules > 0):
+                reason = self._no_energy_reason(joules, elapsed, n)
+                return done, self._unavailable(reason, seconds=seconds, calls=calls)
+            done.append((joules, domains, n, elapsed))
+        return done, None
+
+    def _ready(self, min_seconds: object, windows: object) -> tuple[float, int, str | None]:
+        min_seconds = check_min_seconds(min_seconds)
+        windows = check_windows(windows)
+        ok, why = self.check()
+        if ok and min_seconds < self.recommended_min_seconds:
+            logger.warning(
+                "energy backend %r: min_seconds=%g is shorter than the %g s its counter needs; "
+                "readings will be coarse or unavailable",
+                self.name,
+                min_seconds,
+                self.recommended_min_seconds,
+            )
+        return min_seconds, windows, None if ok else why
+
     def measure(
         self,
         workload: Callable[[], object],
@@ -190,54 +370,22 @@ class EnergyMeter(ABC):
         Each window calls ``workload`` at least once and until it has lasted
         ``min_seconds``; its energy is divided by its number of calls. The workload must
         block until its work is done (call ``torch.cuda.synchronize()`` for GPU work), or
-        the energy lands in a later window.
+        the energy lands in a later window.  Meters whose counter updates in steps
+        (:attr:`aligned`, NVML) open and close each window on a counter update.
 
         Returns an unavailable reading (NaN plus the reason) when the counter cannot be read
         or did not advance, or raises :class:`EnergyUnavailableError` if ``strict``.
         """
         if not callable(workload):
             raise ConfigError(f"workload must be callable, got {type(workload).__name__}")
-        min_seconds = check_min_seconds(min_seconds)
-        windows = check_windows(windows)
-        ok, why = self.check()
-        if not ok:
+        min_seconds, windows, why = self._ready(min_seconds, windows)
+        if why is not None:
             return self._unavailable(why)
-        if min_seconds < self.recommended_min_seconds:
-            logger.warning(
-                "energy backend %r: min_seconds=%g is shorter than the %g s its counter needs; "
-                "readings will be coarse or unavailable",
-                self.name,
-                min_seconds,
-                self.recommended_min_seconds,
-            )
-        per_call: list[float] = []
-        per_domain: list[dict[str, float]] = []
-        seconds = 0.0
-        calls = 0
-        for _ in range(windows):
-            try:
-                token = self._begin()
-            except EnergyUnavailableError as exc:
-                return self._unavailable(str(exc), seconds=seconds, calls=calls)
-            n = 0
-            start = time.perf_counter()
-            while True:
-                workload()
-                n += 1
-                elapsed = time.perf_counter() - start
-                if elapsed >= min_seconds:
-                    break
-            try:
-                joules, domains = self._end(token)
-            except EnergyUnavailableError as exc:
-                return self._unavailable(str(exc), seconds=seconds + elapsed, calls=calls + n)
-            seconds += elapsed
-            calls += n
-            if not (math.isfinite(joules) and joules > 0):
-                reason = self._no_energy_reason(joules, elapsed, n)
-                return self._unavailable(reason, seconds=seconds, calls=calls)
-            per_call.append(joules / n)
-            per_domain.append({k: v / n for k, v in domains.items()})
+        done, failed = self._measure_windows(workload, min_seconds, windows)
+        if failed is not None:
+            return failed
+        per_call = [j / n for j, _, n, _ in done]
+        per_domain = [{k: v / n for k, v in d.items()} for _, d, n, _ in done]
         joules = statistics.median(per_call)
         spread = iqr(per_call) if len(per_call) > 1 else None
         domain_medians = {k: statistics.median(d[k] for d in per_domain) for k in per_domain[0]}
@@ -245,10 +393,41 @@ class EnergyMeter(ABC):
             joules=joules,
             source=self.source,
             spread=spread,
-            seconds=seconds,
-            calls=calls,
+            seconds=sum(s for *_, s in done),
+            calls=sum(n for _, _, n, _ in done),
             reason=self._measured_reason(joules, domain_medians),
             domains=domain_medians,
+        )
+
+    def measure_idle(
+        self, *, min_seconds: float = 1.0, windows: int = 3, poll_seconds: float = 0.005
+    ) -> PowerReading:
+        """The power drawn while this process runs nothing (W): the baseline of the device.
+
+        Measured like :meth:`measure`, with a workload that only sleeps ``poll_seconds``;
+        each window gives its energy over its length, and the median over ``windows`` is
+        reported with its inter-quartile range.  It is reported beside energies, never
+        subtracted from them unless it was measured in the same run (the counters measure
+        the whole package or GPU, so other processes' work counts too).
+
+        Example:
+            >>> from paretoskip.energy import make_energy_meter
+            >>> make_energy_meter("none").measure_idle().available
+            False
+        """
+        min_seconds, windows, why = self._ready(min_seconds, windows)
+        if why is not None:
+            return PowerReading.unavailable(self._unavailable(why).reason or why)
+        done, failed = self._measure_windows(lambda: time.sleep(poll_seconds), min_seconds, windows)
+        if failed is not None:
+            return PowerReading.unavailable(failed.reason or "no reading", seconds=failed.seconds)
+        watts = [j / s for j, _, _, s in done]
+        return PowerReading(
+            watts=statistics.median(watts),
+            source=self.source,
+            spread=iqr(watts) if len(watts) > 1 else None,
+            seconds=sum(s for *_, s in done),
+            reason="idle: this process sleeping, the device otherwise as it was",
         )
 
     def __repr__(self) -> str:

@@ -6,7 +6,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError
-from ._base import UNAVAILABLE, EnergyMeter, EnergyReading, check_min_seconds, check_windows
+from ._base import (
+    UNAVAILABLE,
+    EnergyMeter,
+    EnergyReading,
+    PowerReading,
+    check_min_seconds,
+    check_windows,
+)
 
 __all__ = ["NullMeter"]
 
@@ -45,3 +52,11 @@ class NullMeter(EnergyMeter):
         check_min_seconds(min_seconds)
         check_windows(windows)
         return EnergyReading.unavailable(self.reason)
+
+    def measure_idle(
+        self, *, min_seconds: float = 1.0, windows: int = 3, poll_seconds: float = 0.005
+    ) -> PowerReading:
+        """Always an unavailable reading. Never raises."""
+        check_min_seconds(min_seconds)
+        check_windows(windows)
+        return PowerReading.unavailable(self.reason)
