@@ -27,12 +27,12 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from .errors import MaskError
-from .models import skippable_units
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["SkipSpace", "Mask"]
 
@@ -125,6 +125,8 @@ class SkipSpace:
         cls, model: nn.Module, locked: Iterable[str] = (), groups: Iterable[Iterable[str]] = ()
     ) -> SkipSpace:
         """The space of every skippable unit of ``model``."""
+        from .models import skippable_units
+
         return cls(
             tuple(n for n, _ in skippable_units(model)),
             tuple(locked),
@@ -133,6 +135,8 @@ class SkipSpace:
 
     def check_model(self, model: nn.Module) -> None:
         """Raise :class:`MaskError` unless ``model`` has exactly this space's units."""
+        from .models import skippable_units
+
         names = tuple(n for n, _ in skippable_units(model))
         if names != self.units:
             missing = [u for u in self.units if u not in names]
