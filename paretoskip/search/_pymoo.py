@@ -5,8 +5,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +32,12 @@ log = logging.getLogger("paretoskip.search")
 class PymooEngine(Engine):
     """pymoo's NSGA-II (default), NSGA-III or SMS-EMOA through ask/tell.
 
-    The algorithm object is pickled next to the study after every generation (pymoo 0.6.2
-    restores correctly from a plain pickle); a resumed run loads it, refreshes its archive of
-    evaluated masks from the study, and goes on.  Evaluations of a generation interrupted
-    by a crash are in the study and the cache, so none is measured twice.
+    Its state is the study: every evaluation is a trial labelled with its generation, and a
+    resumed run rebuilds the algorithm by telling it the recorded generations in order
+    (its population, ranks and generation counter come back; nothing is unpickled, so no
+    file beside the study can run code).  Evaluations of a generation interrupted by a
+    crash are in the study and the cache, so none is measured twice: the partial
+    generation is told as it is, and the search goes on from there.
     """
 
     def __init__(
@@ -48,7 +48,6 @@ class PymooEngine(Engine):
         crossover: str = "two-point",
         mutation_prob: float | None = None,
         structured_start: bool = True,
-        checkpoint: str | os.PathLike | None = None,
     ):
         if crossover not in ("two-point", "uniform"):
             raise ConfigError(f"crossover={crossover!r}; accepted: 'two-point', 'uniform'")
@@ -63,7 +62,6 @@ class PymooEngine(Engine):
         )
         self.algorithm = algorithm
         self.name = f"pymoo-{algorithm}"
-        self.checkpoint = checkpoint
 
     def _build(self, ctx: SearchContext, seeds: list[tuple[int, ...]] | None = None):
         from pymoo.algorithms.moo.nsga2 import NSGA2
@@ -108,40 +106,40 @@ class PymooEngine(Engine):
         algo.setup(problem, termination=MaximumGenerationTermination(10**9), seed=self.seed)
         return algo
 
-    def _checkpoint_path(self, ctx: SearchContext) -> Path | None:
-        """``<database file>.<study>.<engine>.pkl`` beside a file database (``studies/<study>.
-        <study>.<engine>.pkl`` for a server); none for an in-memory study (no resume)."""
-        if self.checkpoint is not None:
-            return Path(self.checkpoint)
-        return ctx.db.location.side_file(f"{ctx.db.name}.{self.name}.pkl", ctx.db.name)
+    def _leftover_state_files(self, ctx: SearchContext) -> list[Path]:
+        """State files older paretoskip versions pickled beside the study
+        (``<database file>.<study>.<engine>.pkl``): they are never read."""
+        base = ctx.db.location.side_file(f"{ctx.db.name}.{self.name}.pkl", ctx.db.name)
+        if base is None:
+            return []
+        return [p for p in (base, base.with_name(base.name + ".tmp")) if p.exists()]
 
     def run(self, ctx: SearchContext) -> None:
-        path = self._checkpoint_path(ctx)
-        algo = None
-        tag = {"study": ctx.db.name, "space": ctx.space.fingerprint, "engine": self.describe()}
-        if path is not None and path.exists():
-            try:
-                with open(path, "rb") as fh:
-                    saved = pickle.load(fh)
-                if saved.get("tag") == tag:
-                    algo = saved["algorithm"]
-                    log.info(
-                        "resuming %s from %s (generation %d)", self.name, path, algo.n_gen or 0
-                    )
-                else:
-                    log.warning("ignoring %s: it belongs to another search", path)
-            except Exception as exc:  # a checkpoint cut short by a crash
-                log.warning(
-                    "ignoring unreadable checkpoint %s (%s); starting the algorithm anew", path, exc
-                )
-        if algo is None:
-            # no usable checkpoint: a resumed search starts from the study's best masks
-            algo = self._build(
-                ctx, _study_elite(ctx, self.options["pop_size"]) if len(ctx.evaluated) > 1 else None
+        for path in self._leftover_state_files(ctx):
+            log.warning(
+                "ignoring %s: pymoo's state is rebuilt from the study's trials and this file "
+                "(a pickle written by an older paretoskip) is never read; you can delete it",
+                path,
+            )
+        history = _generations(ctx, self.name)
+        # a study searched by other engines only: the first population starts from its best
+        seeds = (
+            _study_elite(ctx, self.options["pop_size"])
+            if not history and len(ctx.evaluated) > 1
+            else None
+        )
+        algo = self._build(ctx, seeds)
+        replayed = _replay(ctx, algo, history)
+        if replayed:
+            log.info(
+                "%s: rebuilt from the study's trials (%d generation(s), %d trials)",
+                self.name,
+                len(history),
+                replayed,
             )
         dedup: ArchiveDuplicates = algo.eliminate_duplicates
         dedup.archive = {tuple(ctx.space.genes_from_mask(m)) for m in ctx.evaluated}
-        dedup.active = (algo.n_gen or 0) > 1 or algo.pop is not None
+        dedup.active = bool(history)
         while not ctx.done():
             pop = algo.ask()
             if pop is None or len(pop) == 0:
@@ -159,16 +157,48 @@ class PymooEngine(Engine):
             algo.tell(infills=pop)
             dedup.active = True
             dedup.archive.update(tuple(g) for g in genes)
-            if path is not None:
-                try:
-                    _atomic_pickle(path, {"tag": tag, "algorithm": algo})
-                except (AttributeError, TypeError, pickle.PicklingError) as exc:
-                    log.info(
-                        "%s cannot be pickled (%s); a resume rebuilds it from the study",
-                        self.name,
-                        exc,
-                    )
-                    path = None
+
+
+def _generations(ctx: SearchContext, engine: str) -> list[list[Any]]:
+    """The study's COMPLETE trials of ``engine``, one list per generation, in order.
+
+    The full model is recorded once, as the study's reference trial; the first generation
+    (whose structured start always proposes it) gets it back.
+    """
+    by_gen: dict[int, list[Any]] = {}
+    reference = None
+    for r in ctx.db.records():
+        if r.mask is None or r.values is None:
+            continue
+        if r.engine == "reference":
+            reference = r
+        elif r.engine == engine and r.generation is not None:
+            by_gen.setdefault(int(r.generation), []).append(r)
+    out = [by_gen[g] for g in sorted(by_gen)]
+    if out and reference is not None and all(r.mask != reference.mask for r in out[0]):
+        out[0].insert(0, reference)
+    return out
+
+
+def _replay(ctx: SearchContext, algo: Any, history: list[list[Any]]) -> int:
+    """Tell ``algo`` every recorded generation, in order, as if it had just evaluated it:
+    its population, ranks and generation counter come out as the search left them (only
+    the random state differs).  Returns how many trials were told."""
+    from pymoo.core.population import Population
+
+    told = 0
+    for records in history:
+        seen: set[str] = set()
+        rows = [r for r in records if not (r.mask in seen or seen.add(r.mask))]
+        X = np.array([ctx.space.genes_from_mask(r.mask) for r in rows], dtype=bool)
+        F = np.array([[o.sign * v for o, v in zip(ctx.objectives, r.values)] for r in rows])
+        pop = Population.new("X", X, "F", F.astype(float))
+        if ctx.constraints:
+            G = [[float(r.constraints.get(c.key, 0.0)) for c in ctx.constraints] for r in rows]
+            pop.set("G", np.array(G, dtype=float))
+        algo.tell(infills=pop)
+        told += len(rows)
+    return told
 
 
 def _prefix_with_new(masks: list[Mask], ctx: SearchContext) -> int:
@@ -203,16 +233,6 @@ def _study_elite(ctx: SearchContext, n: int) -> list[tuple[int, ...]]:
             for front in NonDominatedSorting().do(arr[idx, 1:]):
                 order.extend(idx[front].tolist())
     return list(dict.fromkeys(genes[i] for i in order))[:n]
-
-
-def _atomic_pickle(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as fh:
-        pickle.dump(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class ArchiveDuplicates(DuplicateElimination):
@@ -250,7 +270,13 @@ class StructuredSampling(Sampling):
 
     def _do(self, problem, n_samples, random_state=None, **kwargs):
         rows = structured_masks(self.space) if self.structured else [self.space.full]
-        genes = [list(self.space.genes_from_mask(m)) for m in rows][:n_samples]
+        genes = list(
+            dict.fromkeys(
+                [tuple(s) for s in self.seeds]
+                + [tuple(self.space.genes_from_mask(m)) for m in rows]
+            )
+        )[:n_samples]
+        genes = [list(g) for g in genes]
         rng = random_state if random_state is not None else np.random.default_rng()
         while len(genes) < n_samples:
             genes.append(list((rng.random(problem.n_var) < 0.5).astype(int)))
