@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .errors import ConfigError
 from .models import apply_mask, get_mask, skippable_units
 
 __all__ = [
@@ -33,7 +34,13 @@ __all__ = [
     "LatencyStats",
     "measure_latency",
     "hardware_info",
+    "resolve_device",
+    "available_devices",
+    "device_record",
+    "synchronize",
     "measurement_lock",
+    "model_device",
+    "cudnn_benchmark",
     "iqr",
 ]
 
@@ -160,8 +167,11 @@ def count_costs(model: nn.Module, input_shape: Sequence[int] | None = None) -> C
         run_p.append(rp)
         skip_p.append(sp)
         h = out
-    total_params = sum(p.numel() for p in model.parameters())
-    base_params = total_params - sum(run_p)
+    # Parameters outside every unit; a unit's parameters it uses in neither state (e.g. an
+    # ADN block's skip-path batch norm, used only by its stage's mandatory block when all
+    # skippable blocks are skipped) belong to no configuration's count.
+    in_units = {id(p) for _, unit in skippable_units(model) for p in unit.parameters()}
+    base_params = sum(p.numel() for p in model.parameters() if id(p) not in in_units)
     return CostTable(
         units=tuple(n for n, _ in units),
         base_flops=base,
@@ -173,15 +183,120 @@ def count_costs(model: nn.Module, input_shape: Sequence[int] | None = None) -> C
     )
 
 
-def hardware_info() -> dict[str, object]:
-    """What the measurements ran on: CPU model, cores, torch build, threads."""
+def available_devices() -> list[str]:
+    """The devices this process can run a model on: ``"cpu"``, then ``"cuda:N"`` per GPU."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return out
+
+
+def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
+    """``device`` (``"cpu"``, ``"cuda"`` or ``"cuda:N"``) checked to be usable here.
+
+    ``"cuda"`` means the current CUDA device and is returned with its index.
+
+    Raises:
+        ConfigError: a malformed device, another device type, or one this machine does not
+            have (the message names the available devices).
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+        >>> resolve_device("tpu")
+        Traceback (most recent call last):
+        ...
+        paretoskip.errors.ConfigError: device 'tpu' is not one of 'cpu', 'cuda', 'cuda:N'
+    """
+    if device is None:
+        device = "cpu"
+    text = str(device).strip() if isinstance(device, (str, torch.device)) else None
+    try:
+        dev = torch.device(text) if text else None
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index):
+        raise ConfigError(f"device {device!r} is not one of 'cpu', 'cuda', 'cuda:N'")
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    available = available_devices()
+    if not torch.cuda.is_available():
+        why = (
+            "this torch build has no CUDA"
+            if torch.version.cuda is None
+            else f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no CUDA GPU "
+            "(no GPU, no driver, or CUDA_VISIBLE_DEVICES hides them)"
+        )
+        raise ConfigError(
+            f"device {text!r} is not available: {why}; available: {', '.join(available)}"
+        )
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device {text!r} is not available: {torch.cuda.device_count()} CUDA GPU(s) are "
+            f"visible; available: {', '.join(available)}"
+        )
+    return torch.device("cuda", index)
+
+
+def device_record(device: str | torch.device = "cpu") -> dict[str, object]:
+    """What a device is, for the hardware record and the measurement fingerprint.
+
+    ``{"type": "cpu"}`` for the CPU (the CPU itself is described by :func:`hardware_info`).
+    For a CUDA GPU: name, compute capability, memory, CUDA and cuDNN versions, whether
+    TF32 is allowed (it changes results), and from NVML (when ``nvidia-ml-py`` reads)
+    the driver version, maximum and application clocks and the power limit.  Values that
+    change with load (current clocks, temperature) are left out, so the record is stable.
+
+    Example:
+        >>> device_record("cpu")
+        {'type': 'cpu'}
+    """
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        return {"type": "cpu"}
+    props = torch.cuda.get_device_properties(dev)
+    record: dict[str, object] = {
+        "type": "cuda",
+        "name": props.name,
+        "capability": f"{props.major}.{props.minor}",
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "multiprocessors": props.multi_processor_count,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "tf32": {
+            "matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "cudnn": bool(torch.backends.cudnn.allow_tf32),
+        },
+    }
+    from .energy import nvml_device_record, nvml_uuid_of
+
+    nvml = nvml_device_record(uuid=nvml_uuid_of(dev), index=dev.index)
+    record.update(nvml)
+    return record
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def hardware_info(device: str | torch.device = "cpu") -> dict[str, object]:
+    """What the measurements ran on: CPU model, cores, torch build, and the device.
+
+    ``"device"`` is ``"cpu"`` or ``"cuda:N"``; for a GPU, ``"gpu"`` holds its
+    :func:`device_record`.  CPU records are unchanged by the device setting, so results
+    measured before it existed stay valid.
+    """
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
         for line in fh:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return {
+    out: dict[str, object] = {
         "cpu": cpu,
         "machine": platform.machine(),
         "logical_cpus": os.cpu_count(),
@@ -190,6 +305,11 @@ def hardware_info() -> dict[str, object]:
         "cuda_available": torch.cuda.is_available(),
         "device": "cpu",
     }
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        out["device"] = str(dev)
+        out["gpu"] = device_record(dev)
+    return out
 
 
 @contextlib.contextmanager
@@ -240,12 +360,48 @@ class LatencyStats:
     repeats: int
     batch_size: int
     threads: int
+    device: str = "cpu"
+    #: cuDNN autotuning during the timed runs (None on the CPU)
+    cudnn_benchmark: bool | None = None
 
 
 def _time_once(model: nn.Module, x: torch.Tensor) -> float:
-    start = time.perf_counter()
+    if x.device.type == "cuda":
+        # CUDA events around the region, after the queue is drained: the kernels' time on
+        # the GPU, not the time to launch them
+        torch.cuda.synchronize(x.device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        model(x)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
+    start_t = time.perf_counter()
     model(x)
-    return time.perf_counter() - start
+    return time.perf_counter() - start_t
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters (or buffers) are; the CPU for a model with neither."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(enabled: bool | None) -> Iterator[None]:
+    """Run with ``torch.backends.cudnn.benchmark`` set (None: leave as is)."""
+    if enabled is None:
+        yield
+        return
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
 
 
 def measure_latency(
@@ -258,16 +414,24 @@ def measure_latency(
     threads: int | None = None,
     input_shape: Sequence[int] | None = None,
     lock: bool = True,
+    benchmark: bool = False,
 ) -> LatencyStats:
     """Time ``model`` with ``mask`` against the full model, interleaved (ABBA order).
 
+    The model runs where its parameters are.  On a CUDA GPU every timed region is one
+    forward pass between CUDA events, after ``torch.cuda.synchronize()``, so the time is
+    the GPU's and not the launch's; the warm-up runs also let cuDNN pick its algorithms.
+    ``benchmark`` sets ``torch.backends.cudnn.benchmark`` for the run (recorded in the
+    result; off by default, so the algorithms and hence the times are reproducible).
     The model's own skip flags are restored afterwards.
     """
     if repeats < 2:
         raise ValueError(f"repeats={repeats}; at least 2 are needed for a spread")
     shape = _input_shape(model, input_shape)
+    device = model_device(model)
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, *shape, generator=generator)
+    x = torch.randn(batch_size, *shape, generator=generator).to(device)
+    on_gpu = device.type == "cuda"
     full = [0] * len(mask)
     saved = get_mask(model)
     was_training = model.training
@@ -276,11 +440,17 @@ def measure_latency(
     full_t: list[float] = []
     ctx = measurement_lock() if lock else contextlib.nullcontext()
     try:
-        with ctx, torch_threads(threads), torch.inference_mode():
+        with (
+            ctx,
+            torch_threads(threads),
+            cudnn_benchmark(benchmark if on_gpu else None),
+            torch.inference_mode(),
+        ):
             for m in (mask, full):
                 apply_mask(model, m)
                 for _ in range(warmup):
                     model(x)
+                synchronize(device)
             for r in range(repeats):
                 order = (
                     ((mask, cand_t), (full, full_t))
@@ -305,4 +475,6 @@ def measure_latency(
         repeats=repeats,
         batch_size=batch_size,
         threads=used_threads,
+        device=str(device),
+        cudnn_benchmark=bool(benchmark) if on_gpu else None,
     )

@@ -457,6 +457,31 @@ def test_flops_of_adn_masks_equal_a_direct_count():
         assert table.flops(base_mask(model)) == count_flops(model) < table.full_flops
 
 
+def test_params_of_adn_masks_count_only_the_batch_norms_in_use():
+    """The full super-net and the plain network have the same parameter count (a skip-path
+    batch norm is used by no configuration that runs its block); a configuration's count
+    equals the parameters of its exported, pruned network."""
+    from paretoskip.export import export_configuration
+
+    for name in ("resnet20-adn", "resnet32-adn"):
+        model = paretoskip.create_model(name, **DIGITS)
+        table = count_costs(model)
+        plain = paretoskip.create_model(name.removesuffix("-adn"), **DIGITS)
+        assert table.full_params == sum(p.numel() for p in plain.parameters())
+        assert table.full_params < sum(p.numel() for p in model.parameters())
+    model = tiny_adn("resnet32-adn")
+    table = count_costs(model)
+    x = torch.randn(2, 1, 8, 8)
+    mask = adn_space(model).mask_from_genes([1, 0, 0])
+    exported = export_configuration(model, mask, example_input=x)
+    used = sum(v.numel() for k, v in exported.state_dict().items() if not _is_buffer(exported, k))
+    assert table.params(mask) <= used
+
+
+def _is_buffer(module, key):
+    return key in dict(module.named_buffers())
+
+
 def test_export_keeps_the_batch_norm_selection():
     from paretoskip.export import export_configuration
 
