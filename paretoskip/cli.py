@@ -587,37 +587,58 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .pipeline import export_member, model_for_front, resolve_member
+    import warnings
 
+    from .export import export_file, resolve_format
+    from .measure import count_flops
+    from .models import apply_mask
+    from .pipeline import model_for_front, resolve_member
+
+    fmt, out = resolve_format(args.out, args.format)  # refuse a contradiction before any work
     front, _, pipe = _load_front(args.front)
     mask, entry = resolve_member(front, member=args.member, mask=args.mask)
     model = model_for_front(front, _checkpoint_for(args, pipe), need_weights=True, force=args.force)
-    r = export_member(
-        front,
-        model,
-        mask,
-        entry=entry,
-        out=args.out,
-        method=args.method,
-        batch_size=args.batch_size,
-    )
-    skipped = r["skipped"]
-    _out(f"wrote {r['path']} ({args.method}, input {r['input_shape']})")
-    _out(f"  mask      {r['mask']}, skips {len(skipped)} units: {', '.join(skipped) or 'none'}")
-    member, flops, counted = r["member"], r["front_flops"], r["flops"]
-    if member is not None:
-        acc = member["metrics"].get("accuracy", {}).get("value")
-        _out(f"  front     val acc {_fmt(acc)}, test acc {_fmt(member.get('test_accuracy'))}")
+    check = sorted({1, 8, args.batch_size}) if not args.static_batch else [args.batch_size]
+    example = None
+    if args.static_batch:
+        import torch
+
+        shape = tuple(model.input_shape)
+        example = torch.randn(args.batch_size, *shape, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        # torch.jit.* announce their deprecation on every call; the user chose TorchScript
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        r = export_file(
+            model,
+            {**(entry or {}), "mask": mask},
+            out,
+            format=fmt,
+            example_input=example,
+            dynamic_batch=not args.static_batch,
+            provenance=front.data.get("provenance"),
+            check_batch_sizes=check,
+        )
+    meta = r.metadata
+    skipped = meta["skipped"]
+    _out(f"wrote {r.path} ({r.format}, input {meta['input']['shape']}) and {r.sidecar}")
+    _out(f"  mask      {meta['mask']}, skips {len(skipped)} units: {', '.join(skipped) or 'none'}")
+    if entry is not None:
+        acc = entry.get("metrics", {}).get("accuracy", {}).get("value")
+        _out(f"  front     val acc {_fmt(acc)}, test acc {_fmt(entry.get('test_accuracy'))}")
+    apply_mask(model, mask)
+    counted = count_flops(model)
+    flops = (entry or {}).get("metrics", {}).get("flops", {}).get("value")
     same = (
         ""
         if flops is None
         else (" (= the front's)" if counted == flops else f" (front: {flops:.6g})")
     )
     _out(f"  flops     {counted:.6g} per image{same}")
-    _out(f"  tensors   {r['values']:,} values in the exported state dict")
-    _out(f"  check     max |exported - masked model| = {r['max_diff']:.3g} on random input")
-    if not r["ok"]:
-        raise ConfigError(f"the exported module differs from the masked model by {r['max_diff']}")
+    norm = meta["input"]["normalization"]
+    if norm is not None:
+        _out(f"  input     normalise with mean {norm.get('mean')}, std {norm.get('std')}")
+    diffs = ", ".join(f"batch {b}: {d:.3g}" for b, d in sorted(r.max_abs_diff.items()))
+    _out(f"  check     max |exported - masked model| on random input ({diffs})")
     return EXIT_OK
 
 
@@ -812,17 +833,22 @@ examples:
   paretoskip select front.json --budget latency_ratio=0.6 --json""",
     ),
     "export": (
-        "export one configuration as a standalone module without its skipped blocks",
+        "export one configuration as a deployable file without its skipped blocks",
         """\
-Writes a torch.export (.pt2) or TorchScript (.pt) module of one front member (its number
-in `paretoskip front`) or any mask, checks it against the masked model, and prints its
-cost.  The weights come from --checkpoint, or from the study's checkpoint when FRONT is a
-study file.
+Writes one front member (its number in `paretoskip front`) or any mask as a file a device
+runs without paretoskip: torch.export (.pt2), TorchScript (.pt), ONNX (.onnx, needs the
+'onnx' extra) or IREE for the CPU (.vmfb, needs the 'iree' extra), chosen by --format or
+the suffix of --out (a contradiction is refused).  The batch dimension is dynamic.  Next to
+the file, <file>.json records the input shape and normalisation, the mask, the member's
+metrics and the model fingerprint (also embedded in the file).  The file is loaded with its
+own runtime and checked against the masked model at batch 1 and 8.  The weights come from
+--checkpoint, or from the study's checkpoint when FRONT is a study file.
 
 examples:
-  paretoskip export studies/digits-resnet20.toml --member 3 --out exports/r20-m3.pt2
+  paretoskip export studies/digits-resnet20.toml --member 3 --out exports/r20-m3.onnx
+  paretoskip export studies/digits-resnet20.toml --member 3 --out exports/r20-m3.vmfb
   paretoskip export front.json --checkpoint studies/checkpoints/digits-resnet20 \\
-      --mask 010000100 --method torchscript --out exports/r20.pt""",
+      --mask 010000100 --format torchscript --out exports/r20.pt""",
     ),
     "info": (
         "versions, threads, CPU, and which energy meters can read here",
@@ -981,11 +1007,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--member", type=_nonneg_int, help="member number (see `paretoskip front`)")
     g.add_argument("--mask", help="bitstring, one bit per unit, 1 = skipped")
     p.add_argument(
-        "--out", required=True, help="output file (.pt2 for torch.export, .pt for TorchScript)"
+        "--out",
+        required=True,
+        help="output file: .pt2 (torch.export), .pt (TorchScript), .onnx (ONNX), .vmfb (IREE)",
     )
-    p.add_argument("--method", choices=("torch.export", "torchscript"), default="torch.export")
     p.add_argument(
-        "--batch-size", type=_positive_int, default=1, help="batch size the export is traced with"
+        "--format",
+        "--method",
+        dest="format",
+        choices=("torch.export", "torchscript", "onnx", "iree"),
+        help="export format (default: from the suffix of --out; a contradiction is refused)",
+    )
+    p.add_argument(
+        "--static-batch",
+        action="store_true",
+        help="fix the batch size to --batch-size (default: any batch size)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=1,
+        help="batch size checked (and fixed with --static-batch); default 1",
     )
     p.add_argument("--force", action="store_true", help="export even if the weights differ")
     p.set_defaults(func=cmd_export)
@@ -1018,6 +1060,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         restore = _setup_logging(args.quiet, args.debug)
         try:
             return _call(args)
+        except KeyboardInterrupt:  # between two steps of the error handling itself
+            print("\ninterrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
         finally:
             restore()
 
@@ -1039,3 +1084,11 @@ def _call(args: argparse.Namespace) -> int:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), sys.stdout.fileno())
         return EXIT_OK
+    except Exception as exc:  # storage, disk, permissions: one line; a bug: its traceback
+        from .errors import describe_failure
+
+        message = None if args.debug else describe_failure(exc)
+        if message is None:
+            raise
+        print(f"paretoskip: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
