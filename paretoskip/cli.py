@@ -232,7 +232,7 @@ def _resume_command(args: argparse.Namespace, cfg) -> str:
     parts = ["paretoskip", "run"]
     if getattr(args, "study", None) is not None:
         parts.append(str(cfg.source))
-    for flag in ("storage", "budget", "engine", "seed"):
+    for flag in ("storage", "budget", "engine", "seed", "device"):
         value = getattr(args, flag, None)
         if value is not None:
             parts += [f"--{flag}", str(value)]
@@ -276,6 +276,7 @@ def _search_study(args: argparse.Namespace, *, plots: bool) -> int:
         timeout=args.timeout,
         storage=args.storage,
         seed=args.seed,
+        device=args.device,
     )
     cfg = pipe.cfg
     progress = not args.quiet
@@ -430,7 +431,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         def data_loader():
             return load_data(section)
 
-    for key in ("recipe", "epochs", "batch_size", "lr", "seed", "p_last"):
+    for key in ("recipe", "epochs", "batch_size", "lr", "seed", "p_last", "device"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
@@ -713,7 +714,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    pipe = _pipeline(args.study, storage=args.storage, budget=args.budget, seed=args.seed)
+    pipe = _pipeline(
+        args.study, storage=args.storage, budget=args.budget, seed=args.seed, device=args.device
+    )
     try:
         summary = pipe.worker(
             engine=args.engine, seed=args.seed, timeout=args.timeout, progress=not args.quiet
@@ -896,6 +899,15 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="study database: a path (SQLite) or URL")
     p.add_argument("--seed", type=_nonneg_int, help="engine seed")
     p.add_argument("--out", help="front file (.json) or the folder for <name>.front.json")
+    _device_option(p)
+
+
+def _device_option(p: argparse.ArgumentParser, what: str = "evaluated, timed and metered") -> None:
+    p.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help=f"where the model is {what}: cpu, cuda or cuda:N (overrides the study file)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -962,6 +974,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=_positive_int, help="resize images to this side")
     p.add_argument("--out", help="checkpoint path without suffix")
     p.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
+    _device_option(p, "trained")
     p.set_defaults(func=cmd_train)
 
     p = add("front")
@@ -1043,6 +1056,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", help="Optuna sampler: tpe, nsga2, nsga3, gp, random, bruteforce")
     p.add_argument("--timeout", type=_positive_float, help="stop this worker after so many seconds")
     p.add_argument("--json", action="store_true", help="print the worker's summary as JSON")
+    _device_option(p)
     p.set_defaults(func=cmd_worker)
     return parser
 

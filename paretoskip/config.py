@@ -47,7 +47,8 @@ Sections and keys (all optional unless marked *required*):
 ``[measure]``
     ``latency`` (bool), ``batch_size``, ``repeats``, ``warmup``, ``threads``, ``energy``
     (one of :data:`paretoskip.energy.ENERGY_BACKENDS`), ``energy_seconds``,
-    ``eval_batch``, ``memory_mb``: the fields of :class:`paretoskip.MeasureSettings`.
+    ``eval_batch``, ``memory_mb``, ``device`` (``"cpu"``, ``"cuda"`` or ``"cuda:N"``),
+    ``cudnn_benchmark``: the fields of :class:`paretoskip.MeasureSettings`.
 
 Example:
     >>> import pathlib, tempfile
@@ -254,10 +255,11 @@ class StudyConfig:
     def replace(self, **overrides: Any) -> StudyConfig:
         """A copy with command-line overrides applied and validated.
 
-        Accepted: ``budget``, ``engine``, ``timeout``, ``storage``, ``seed``.  Changing the
+        Accepted: ``budget``, ``engine``, ``timeout``, ``storage``, ``seed``, ``device``
+        (``measure.device``).  Changing the
         engine drops ``search.options`` (they belong to the engine named in the file).
         """
-        study, search = self.study, self.search
+        study, search, measure = self.study, self.search, self.measure
         where = f"{self.source} (overridden on the command line)"
         for key, value in overrides.items():
             if value is None:
@@ -287,11 +289,15 @@ class StudyConfig:
             elif key == "seed":
                 _check_int(value, "study.seed", where, minimum=0)
                 study = dataclasses.replace(study, seed=int(value))
+            elif key == "device":
+                _check_device(value, "measure.device", where)
+                measure = dataclasses.replace(measure, device=value.strip())
             else:
                 raise ConfigError(
-                    f"cannot override {key!r}; accepted: budget, engine, timeout, storage, seed"
+                    f"cannot override {key!r}; accepted: budget, engine, timeout, storage, "
+                    "seed, device"
                 )
-        return dataclasses.replace(self, study=study, search=search)
+        return dataclasses.replace(self, study=study, search=search, measure=measure)
 
 
 # --------------------------------------------------------------------------- validation
@@ -465,6 +471,14 @@ def _check_keys(doc: Mapping[str, Any], schema: Mapping[str, Any], prefix: str, 
             raise ConfigError(
                 f"{where}: {dotted} must be {what}, not {_typename(value)} ({value!r})"
             )
+
+
+def _check_device(value: Any, key: str, where: str) -> None:
+    """A device name's form (whether this machine has it is checked where it is used)."""
+    if not isinstance(value, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", value.strip()):
+        raise ConfigError(
+            f"{where}: {key}={value!r}; accepted: 'cpu', 'cuda' or 'cuda:N' (N a GPU index)"
+        )
 
 
 def _check_choice(value: str, accepted: Any, key: str, where: str, what: str = "") -> None:
@@ -725,6 +739,7 @@ def parse_study_config(
     _check_positive(m_get("memory_mb"), "measure.memory_mb", where)
     if m_get("energy_seconds") < 0:
         raise ConfigError(f"{where}: measure.energy_seconds must be >= 0")
+    _check_device(m_get("device"), "measure.device", where)
     if m_get("latency") and m_get("repeats") < 2:
         raise ConfigError(
             f"{where}: measure.repeats={m_get('repeats')}: latency needs at least 2 repeats"

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -39,16 +40,19 @@ from .errors import ConfigError
 from .measure import (
     CostTable,
     count_costs,
+    cudnn_benchmark,
     hardware_info,
     measure_latency,
     measurement_lock,
+    resolve_device,
+    synchronize,
     torch_threads,
 )
 from .models import apply_mask, get_mask, model_parts
 from .progress import progress_bar
 from .space import Mask, SkipSpace
 
-__all__ = ["Metric", "Evaluation", "MeasureSettings", "Evaluator"]
+__all__ = ["Metric", "Evaluation", "MeasureSettings", "Evaluator", "measurement_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +133,12 @@ class MeasureSettings:
         energy_seconds: minimum length of one energy window.
         eval_batch: images per chunk of accuracy evaluation (lowered to fit ``memory_mb``).
         memory_mb: memory bound of the prefix tree's activations.
+        device: where the model is evaluated, timed and metered: ``"cpu"``, ``"cuda"``
+            (the current GPU) or ``"cuda:N"``.  On a GPU the device record (name, driver,
+            CUDA/cuDNN versions, clocks) is part of the fingerprint, so CPU and GPU results
+            never mix in a cache.
+        cudnn_benchmark: cuDNN autotuning during latency and energy runs on a GPU (off:
+            reproducible algorithm choice); part of the fingerprint on a GPU.
     """
 
     latency: bool = False
@@ -140,8 +150,14 @@ class MeasureSettings:
     energy_seconds: float = 1.0
     eval_batch: int = 256
     memory_mb: float = 1024.0
+    device: str = "cpu"
+    cudnn_benchmark: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.device, str) or not _DEVICE_RE.fullmatch(self.device.strip()):
+            raise ConfigError(
+                f"device={self.device!r}; accepted: 'cpu', 'cuda' or 'cuda:N' (N a GPU index)"
+            )
         for name in ("batch_size", "repeats", "eval_batch"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
@@ -153,14 +169,62 @@ class MeasureSettings:
             raise ConfigError(f"threads={self.threads} must be >= 1 (or None)")
 
     def resolved(self) -> MeasureSettings:
-        """These settings with ``threads`` fixed to a number."""
-        if self.threads is not None:
+        """These settings with ``threads`` fixed to a number and ``device`` checked to be
+        here (``"cuda"`` becomes ``"cuda:N"``); raises ConfigError naming the available
+        devices when it is not."""
+        device = str(resolve_device(self.device))
+        threads = self.threads if self.threads is not None else torch.get_num_threads()
+        if threads == self.threads and device == self.device:
             return self
-        return MeasureSettings(**{**asdict(self), "threads": torch.get_num_threads()})
+        return MeasureSettings(**{**asdict(self), "threads": threads, "device": device})
+
+
+_DEVICE_RE = re.compile(r"cpu|cuda(:\d+)?")
 
 
 def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def measurement_fingerprint(
+    settings: MeasureSettings,
+    hardware: Mapping[str, Any],
+    energy: Mapping[str, Any] | None = None,
+) -> str:
+    """The fingerprint of how metrics are measured (the third part of a cache key).
+
+    ``settings`` are resolved settings, ``hardware`` is :func:`paretoskip.measure.
+    hardware_info` of their device and ``energy`` the energy meter's ``describe()`` (None
+    without one).  The skip space, chunk size and memory bound are not part of it (a mask's
+    metrics do not depend on them); the hardware is, when timings or energies are measured.
+    On the CPU it is what it was before the device setting existed (CPU caches stay valid);
+    on a GPU the device record (``hardware["gpu"]``) always is, since even accuracy may
+    differ from the CPU's there (TF32, other kernels), so CPU and GPU results never mix.
+
+    Example:
+        >>> from paretoskip.measure import hardware_info
+        >>> cpu = measurement_fingerprint(MeasureSettings(), hardware_info())
+        >>> gpu_hw = {**hardware_info(), "device": "cuda:0", "gpu": {"name": "NVIDIA H200"}}
+        >>> gpu = measurement_fingerprint(MeasureSettings(device="cuda:0"), gpu_hw)
+        >>> cpu == gpu
+        False
+    """
+    s = asdict(settings)
+    s.pop("eval_batch")
+    s.pop("memory_mb")
+    timed = settings.latency or energy is not None
+    doc: dict[str, Any] = {
+        "settings": s,
+        "energy": dict(energy) if energy is not None else {"backend": "none"},
+        # accuracy, FLOPs and parameters do not depend on the machine; timings do
+        "hardware": dict(hardware) if timed else None,
+    }
+    if settings.device == "cpu":
+        s.pop("device")
+        s.pop("cudnn_benchmark")
+    else:
+        doc["device"] = hardware.get("gpu", settings.device)
+    return _sha(doc)
 
 
 class Evaluator:
@@ -196,26 +260,32 @@ class Evaluator:
         cache: EvalCache | str | None = None,
         model_fingerprint: str | None = None,
     ):
-        self.model = model.eval()
+        self.settings = (settings or MeasureSettings()).resolved()
+        #: where the model runs (it is moved there)
+        self.device = torch.device(self.settings.device)
+        self.model = model.to(self.device).eval()
         self.data = data
         self.space = space or SkipSpace.from_model(model)
         self.space.check_model(model)
-        self.settings = (settings or MeasureSettings()).resolved()
         self.cache = EvalCache(cache) if isinstance(cache, str) else cache
         if model_fingerprint is None:
             from .checkpoint import weights_fingerprint
 
             model_fingerprint = weights_fingerprint(model)
         self.model_fingerprint = model_fingerprint
-        self.hardware = hardware_info()
+        self.hardware = hardware_info(self.device)
         self.costs: CostTable = count_costs(model)
         self._parts = model_parts(model)
         self._units = [u for _, u in self._parts.units]
         self._energy = None
         if self.settings.energy != "none":
-            from .energy import make_energy_meter
+            from .energy import make_device_energy_meter
 
-            self._energy = make_energy_meter(self.settings.energy)
+            # the meter reads the device the model runs on (NVML for a GPU, RAPL for a CPU)
+            self._energy = make_device_energy_meter(self.settings.energy, self.device)
+        #: the device's power with this process idle, measured once before the first energy
+        #: reading of this evaluator (a :class:`paretoskip.energy.PowerReading`), or None
+        self.idle_power = None
         self._prefix_cache: dict[tuple[str, tuple], list[torch.Tensor]] = {}
         self._chunk = self._chunk_size()
         self.hits = 0
@@ -224,22 +294,8 @@ class Evaluator:
     # -- fingerprints --------------------------------------------------------------------
     @property
     def settings_fingerprint(self) -> str:
-        s = asdict(self.settings)
-        # the skip space is not part of it: a mask's metrics do not depend on which other
-        # units are locked.  Neither do the chunk size and memory bound.
-        s.pop("eval_batch")
-        s.pop("memory_mb")
-        energy = self._energy.describe() if self._energy is not None else {"backend": "none"}
-        return _sha(
-            {
-                "settings": s,
-                "energy": energy,
-                # accuracy, FLOPs and parameters do not depend on the machine; timings do
-                "hardware": self.hardware
-                if self.settings.latency or self._energy is not None
-                else None,
-            }
-        )
+        energy = self._energy.describe() if self._energy is not None else None
+        return measurement_fingerprint(self.settings, self.hardware, energy)
 
     @property
     def cache_key(self) -> CacheKey:
@@ -263,6 +319,8 @@ class Evaluator:
             "threads": self.settings.threads,
             "batch_size": self.settings.batch_size,
             "energy_source": self._energy.source if self._energy is not None else "unavailable",
+            "device": str(self.device),
+            "idle_power": self.idle_power.to_dict() if self.idle_power is not None else None,
         }
 
     # -- accuracy ------------------------------------------------------------------------
@@ -287,13 +345,13 @@ class Evaluator:
         prefix, its units in ``states`` (a locked unit may still depend on later bits)."""
         part = getattr(self.data, split)
         xs = list(torch.split(part.x, self._chunk))
-        ys = list(torch.split(part.y, self._chunk))
+        ys = [y.to(self.device) for y in torch.split(part.y, self._chunk)]
         if (split, states) in self._prefix_cache:
             return self._prefix_cache[split, states], ys
         out = []
         with torch.inference_mode():
             for x in xs:
-                h = self._parts.stem(x)
+                h = self._parts.stem(x.to(self.device))
                 for unit, state in zip(self._units, states):
                     h = unit.run_state(h, state)
                 out.append(h)
@@ -362,7 +420,7 @@ class Evaluator:
         hits = 0
         with torch_threads(self.settings.threads), torch.inference_mode():
             for x, y in zip(torch.split(part.x, self._chunk), torch.split(part.y, self._chunk)):
-                hits += int((self.model(x).argmax(1) == y).sum())
+                hits += int((self.model(x.to(self.device)).argmax(1) == y.to(self.device)).sum())
         apply_mask(self.model, saved)
         return hits / len(part.y)
 
@@ -387,6 +445,7 @@ class Evaluator:
                 repeats=self.settings.repeats,
                 warmup=self.settings.warmup,
                 threads=self.settings.threads,
+                benchmark=self.settings.cudnn_benchmark,
             )
             out["latency"] = Metric(lat.median, "s", "measured:wall-clock", lat.iqr)
             out["latency_ratio"] = Metric(lat.ratio, "ratio", "measured:interleaved", lat.ratio_iqr)
@@ -399,14 +458,30 @@ class Evaluator:
             self.settings.batch_size,
             *self.model.input_shape,
             generator=torch.Generator().manual_seed(0),
-        )
+        ).to(self.device)
+        device = self.device
+
+        def workload() -> None:
+            self.model(x)
+            synchronize(device)  # the energy of this call lands in this window
+
         saved = get_mask(self.model)
         apply_mask(self.model, mask)
         try:
-            with measurement_lock(), torch_threads(self.settings.threads), torch.inference_mode():
-                reading = self._energy.measure(
-                    lambda: self.model(x), min_seconds=self.settings.energy_seconds
-                )
+            with (
+                measurement_lock(),
+                torch_threads(self.settings.threads),
+                cudnn_benchmark(self.settings.cudnn_benchmark if device.type == "cuda" else None),
+                torch.inference_mode(),
+            ):
+                for _ in range(max(1, self.settings.warmup)):
+                    workload()
+                if self.idle_power is None:
+                    # measured in this run, reported beside the energies, never subtracted
+                    self.idle_power = self._energy.measure_idle(
+                        min_seconds=max(self.settings.energy_seconds, 1e-3)
+                    )
+                reading = self._energy.measure(workload, min_seconds=self.settings.energy_seconds)
         finally:
             apply_mask(self.model, saved)
         return Metric(reading.joules, "J", reading.source, reading.spread, reading.reason)

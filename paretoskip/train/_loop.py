@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from ..measure import resolve_device
 from ._recipes import Recipe
 from ._state import TrainState, read_state, restore_state, write_state
 
@@ -315,7 +316,7 @@ def fit(
             gradient).
         on_epoch: called with each epoch's history record.
     """
-    device = torch.device(device)
+    device = resolve_device(device)  # a clear error for a device not here
     n = len(data.train)
     if n < 2:
         raise ConfigError(f"the train part of {data.name} has {n} examples; need at least 2")

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..data import DatasetSplits
 from ..errors import ConfigError
+from ..measure import resolve_device
 from ..models import create_model, model_spec
 from ._loop import TrainSettings, evaluate_accuracy, fit
 from ._recipes import get_recipe
@@ -147,7 +148,7 @@ def train_model(
             )
         kwargs[key] = value
     kwargs.update(rec.model_kwargs(options))
-    device = torch.device(device)
+    device = resolve_device(device)  # a clear error for a device not here
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
