@@ -121,6 +121,13 @@ def weights_fingerprint(model: nn.Module) -> str:
     Deterministic: the same architecture with the same weights gives the same hex digest on
     any machine (tensors are hashed in name order, as little-endian bytes).
     """
+    if getattr(model, "paretoskip_spec", None) is None:
+        # a model not built by create_model (e.g. made skippable in place): its class names
+        # the architecture; the state dict's names and shapes are hashed too
+        cls = type(model)
+        return _fingerprint(
+            {"class": f"{cls.__module__}.{cls.__qualname__}"}, _state_tensors(model)
+        )
     return _fingerprint(model_spec(model), _state_tensors(model))
 
 

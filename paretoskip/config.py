@@ -22,7 +22,10 @@ Sections and keys (all optional unless marked *required*):
     ``storage`` (default ``studies/<name>.db``: a path, an SQLAlchemy URL, ``redis://…``
     or a ``.log`` journal file), ``seed`` (engine seed, default 0), ``description``.
 ``[model]``
-    ``name`` (*required*, see :func:`paretoskip.list_models`), ``kwargs`` (table of extra
+    ``name`` (*required*, see :func:`paretoskip.list_models`) or ``factory`` (instead of
+    ``name``: ``"package.module:function"`` returning your own model, see
+    :func:`paretoskip.models.make_skippable`; the module is imported from the Python path or
+    the working directory), ``kwargs`` (table of extra
     :func:`~paretoskip.create_model` arguments, e.g. ``shortcut = "B"``),
     ``checkpoint`` (default ``studies/checkpoints/<name>``).
 ``[model.train]``
@@ -331,6 +334,7 @@ _SCHEMA: dict[str, Any] = {
     },
     "model": {
         "name": (lambda v: isinstance(v, str), "a string"),
+        "factory": (lambda v: isinstance(v, str), "a string 'package.module:function'"),
         "checkpoint": (lambda v: isinstance(v, str), "a string (path)"),
         "kwargs": (lambda v: isinstance(v, dict), "a table"),
         "train": {
@@ -370,7 +374,7 @@ _SCHEMA: dict[str, Any] = {
     },
     "measure": {},  # filled from MeasureSettings below
 }
-_REQUIRED = {"model": ("name",), "data": ("name",)}
+_REQUIRED = {"data": ("name",)}  # and model.name or model.factory
 _FREE_TABLES = {
     "model.kwargs",
     "model.train.recipe_options",
@@ -581,8 +585,29 @@ def parse_study_config(
     # [model]
     from .models import list_models
 
-    m = doc["model"]
-    _check_choice(m["name"], list_models(), "model.name", where, "model")
+    m = doc.get("model", {})
+    if ("name" in m) == ("factory" in m):
+        raise ConfigError(
+            f"{where}: "
+            + (
+                "give model.name or model.factory, not both"
+                if m
+                else "missing required key 'model.name' (a registered model, see "
+                "`paretoskip info`) or 'model.factory' ('package.module:function' building "
+                "your own model)"
+            )
+        )
+    if "factory" in m:
+        from .models._byo import is_factory_reference
+
+        if not is_factory_reference(m["factory"]):
+            raise ConfigError(
+                f"{where}: model.factory={m['factory']!r}: write 'package.module:function' "
+                "(importable from the working directory or the Python path)"
+            )
+        m = {**m, "name": m["factory"]}
+    else:
+        _check_choice(m["name"], list_models(), "model.name", where, "model")
     kwargs = dict(m.get("kwargs", {}))
     from .models import CONTRACT_ARGS, RECIPE_ARGS
 

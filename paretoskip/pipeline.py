@@ -441,9 +441,10 @@ def train_checkpoint(
     """
     from .checkpoint import checkpoint_paths
     from .models import list_models
+    from .models._byo import is_factory_reference
     from .train import train_and_save
 
-    if model_name not in list_models():
+    if model_name not in list_models() and not is_factory_reference(model_name):
         raise ConfigError(f"unknown model {model_name!r}; available: {', '.join(list_models())}")
     settings = dict(settings)
     if settings.get("recipe") == "plain":

@@ -3,7 +3,9 @@
 A *model family* is one module here: its classes, a :func:`register_parts` call that says
 how to cut its models into stem, units and head, and a :func:`register_model` call per
 name (each builder follows :class:`ModelBuilder`).  This package imports each family once
-(the ``from . import`` lines below).
+(the ``from . import`` lines below).  A model of your own becomes skippable with
+:func:`make_skippable` (detected or named blocks), or is built from a study file by a
+factory reference ``"package.module:function"`` given to :func:`create_model`.
 
 Example:
     >>> import torch, paretoskip
@@ -38,7 +40,8 @@ from ._skip import (
 
 # the model families (each registers its models)
 from ._cifar import BasicBlock, CifarResNet  # noqa: E402  isort: skip
-from ._torchvision import TORCHVISION_RESNETS, make_skippable, torchvision_resnet  # noqa: E402  isort: skip
+from ._torchvision import TORCHVISION_RESNETS, torchvision_resnet  # noqa: E402  isort: skip
+from ._byo import generic_parts, make_skippable  # noqa: E402  isort: skip
 from . import _adn  # noqa: E402, F401  isort: skip
 
 __all__ = [
@@ -57,6 +60,7 @@ __all__ = [
     "model_parts",
     "register_parts",
     "make_skippable",
+    "generic_parts",
     "torchvision_resnet",
     "TORCHVISION_RESNETS",
     "ModelParts",

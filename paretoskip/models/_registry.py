@@ -117,8 +117,9 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     ``input_size``, ``p_last`` (stochastic-depth survival of the last block, default 0.5),
     ``shortcut`` ("A" or "B") and ``widths``.  torchvision's ``resnet18/34/50/101/152`` and
     ``wide_resnet50_2`` take ``num_classes``, ``in_channels``, ``input_size`` and ``p_last``
-    (default 1.0).  The name and arguments are kept in ``model.paretoskip_spec`` so a
-    checkpoint can rebuild the same architecture.
+    (default 1.0).  A name ``"package.module:function"`` calls that function (a model of
+    your own, see :func:`~paretoskip.models.make_skippable`).  The name and arguments are
+    kept in ``model.paretoskip_spec`` so a checkpoint can rebuild the same architecture.
 
     Example:
         >>> import paretoskip
@@ -126,8 +127,17 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         >>> len(paretoskip.models.skippable_units(m))
         27
     """
+    from ._byo import build_from_factory, is_factory_reference
+
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        if is_factory_reference(name):
+            model = build_from_factory(name, **kwargs)
+            model.paretoskip_spec = {"name": name, "kwargs": dict(kwargs)}
+            return model
+        raise ConfigError(
+            f"unknown model {name!r}; available: {', '.join(list_models())}, or a factory "
+            "'package.module:function' returning your own model"
+        )
     try:
         model = _REGISTRY[name](**kwargs)
     except TypeError as exc:
@@ -141,6 +151,8 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
     spec = getattr(model, "paretoskip_spec", None)
     if spec is None:
         raise ConfigError(
-            "this model was not built by paretoskip.create_model; its architecture is unknown"
+            "this model was not built by paretoskip.create_model; its architecture is unknown "
+            "(to save a checkpoint that reloads, build it with "
+            "create_model('package.module:function') from a function returning it)"
         )
     return {"name": spec["name"], "kwargs": dict(spec["kwargs"])}

@@ -157,11 +157,14 @@ def register_parts(cls: type, fn: Callable[[nn.Module], ModelParts]) -> None:
 
 
 def model_parts(model: nn.Module) -> ModelParts:
-    """Cut ``model`` into stem, units and head (see :class:`ModelParts`)."""
+    """Cut ``model`` into stem, units and head (see :class:`ModelParts`).
+
+    A class registered with :func:`register_parts` is cut by its function; any other model
+    by tracing it (:func:`paretoskip.models.generic_parts`, which raises
+    :class:`~paretoskip.errors.ConfigError` saying why when it cannot)."""
     for cls in type(model).__mro__:
         if cls in _PARTS:
             return _PARTS[cls](model)
-    raise TypeError(
-        f"paretoskip does not know how to split a {type(model).__name__} into stem, units and "
-        "head; register one with paretoskip.models.register_parts"
-    )
+    from ._byo import generic_parts
+
+    return generic_parts(model)

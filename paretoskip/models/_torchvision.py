@@ -64,9 +64,13 @@ class _DropBranch:
         return sd(output) if sd.training else None
 
 
-def make_skippable(model: nn.Module, p_last: float = 1.0) -> nn.Module:
-    """Turn every torchvision residual block of ``model`` into a skippable unit, in place."""
-    blocks = [m for m in model.modules() if type(m) in _SWAP]
+def make_skippable(
+    model: nn.Module, p_last: float = 1.0, blocks: list[nn.Module] | None = None
+) -> nn.Module:
+    """Turn torchvision residual blocks of ``model`` (default: every one) into skippable
+    units, in place (:func:`paretoskip.models.make_skippable` is the general entry point)."""
+    if blocks is None:
+        blocks = [m for m in model.modules() if type(m) in _SWAP]
     for i, block in enumerate(blocks, start=1):
         block.__class__ = _SWAP[type(block)]
         block.skip = False
