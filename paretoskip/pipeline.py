@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import DataSection, StudyConfig, TrainSection, load_study_config
-from .errors import ConfigError, ParetoSkipError
+from .errors import CheckpointError, ConfigError, ParetoSkipError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -57,6 +57,7 @@ __all__ = [
     "model_for_front",
     "check_fingerprint",
     "resolve_member",
+    "check_locked",
     "export_member",
     "plot_front",
     "DEFAULT_TRAINING",
@@ -129,11 +130,19 @@ def build_model(
     Raises:
         ConfigError: the checkpoint is missing and cannot be trained, or it holds another
             architecture or was made for data of another shape.
-        CheckpointError: the checkpoint is unreadable or corrupted.
+        CheckpointError: the checkpoint is unreadable or corrupted, or its weights exist
+            without their metadata (JSON) file: it is never trained over.
     """
     from .checkpoint import checkpoint_paths, load_checkpoint
 
-    weights, _ = checkpoint_paths(cfg.model.checkpoint)
+    weights, meta_path = checkpoint_paths(cfg.model.checkpoint)
+    if weights.is_file() and not meta_path.is_file():
+        # training again would overwrite weights that may be the only copy
+        raise CheckpointError(
+            f"{cfg.source}: model.checkpoint: {weights} exists but its metadata {meta_path} is "
+            "missing; restore it, or move the weights away to train anew (nothing was "
+            "trained or overwritten)"
+        )
     if not checkpoint_exists(cfg):
         if not cfg.model.train.enabled or not train_if_missing:
             why = (
@@ -333,9 +342,16 @@ class StudyPipeline:
     def run(
         self, *, out: str | os.PathLike | None = None, progress: bool = True
     ) -> tuple[Front, Path, Path]:
-        """Search and write the front file: ``(front, JSON path, CSV path)``."""
+        """Search and write the front file: ``(front, JSON path, CSV path)``.
+
+        The front file's folder is checked for writing before the search starts.
+        """
+        from .storage import check_writable
+
+        path = self.front_path(out)
+        check_writable(path.parent, what=f"the front file {path}")
         front = self.search(progress=progress)
-        json_path, csv_path = front.save(self.front_path(out))
+        json_path, csv_path = front.save(path)
         return front, json_path, csv_path
 
     def plot(self, front: Front, out_dir: str | os.PathLike = "plots") -> list[Path]:
@@ -520,6 +536,20 @@ def model_for_front(
     return create_model(spec["name"], **spec.get("kwargs", {}))
 
 
+def check_locked(front: Front, mask: str, what: str) -> None:
+    """Refuse a mask that skips a unit the front's space locks (never skipped)."""
+    from .errors import MaskError
+
+    space = front.data.get("space", {})
+    units = [str(u) for u in space.get("units", ())]
+    locked = [str(u) for u in space.get("locked", ())]
+    for u in locked:
+        if u in units and mask[units.index(u)] == "1":
+            raise MaskError(
+                f"{what} skips locked unit {u!r}; the study's space never skips: {', '.join(locked)}"
+            )
+
+
 def resolve_member(
     front: Front, *, member: int | None = None, mask: str | None = None
 ) -> tuple[str, dict[str, Any] | None]:
@@ -532,11 +562,13 @@ def resolve_member(
                 "(see `paretoskip front`)"
             )
         entry = front.members[member]
+        check_locked(front, entry["mask"], f"--member {member} (mask {entry['mask']})")
         return entry["mask"], entry
     mask = (mask or "").strip()
     n = len(front.data["space"]["units"])
     if len(mask) != n or set(mask) - {"0", "1"}:
         raise ConfigError(f"--mask {mask!r}: give {n} bits of 0/1, one per unit (1 = skipped)")
+    check_locked(front, mask, f"--mask {mask}")
     entry = next((m for m in front.members if m["mask"] == mask), None)
     if entry is None and mask == front.reference.get("mask"):
         entry = {"mask": mask, **front.reference}  # the full model

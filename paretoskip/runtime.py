@@ -156,6 +156,8 @@ class AdaptiveModel(nn.Module):
             if any("skip" in getattr(unit, d) for d in ("_parameters", "_buffers", "_modules")):
                 raise ConfigError(f"unit {name!r}: 'skip' must be a plain bool attribute")
 
+        locked = [str(u) for u in front["space"].get("locked", ())]
+        self._locked = tuple((front_units.index(u), u) for u in locked if u in front_units)
         members = list(front["members"])
         plans = []
         index_of_mask: dict[str, int] = {}
@@ -164,6 +166,7 @@ class AdaptiveModel(nn.Module):
                 bits = mask_bits(member["mask"], len(modules))
             except MaskError as exc:
                 raise MaskError(f"front member {i} (mask {member['mask']!r}): {exc}") from None
+            self._check_locked(bits, f"front member {i} (mask {member['mask']!r})")
             listed = member.get("skipped")
             if check_units and listed is not None:
                 derived = [n for n, b in zip(names, bits) if b]
@@ -294,6 +297,7 @@ class AdaptiveModel(nn.Module):
             raise ConfigError(f"member index must be an int, not {type(member_or_mask).__name__}")
         bits = mask_bits(member_or_mask, len(self._units))
         mask = "".join("1" if b else "0" for b in bits)
+        self._check_locked(bits, f"mask {mask!r}")
         i = self._index_of_mask.get(mask)
         if i is not None:
             self._apply_index(i)
@@ -301,6 +305,15 @@ class AdaptiveModel(nn.Module):
         for (unit, _), bit in zip(self._plans[0], bits):
             object.__setattr__(unit, "skip", bit)
         self._current = None
+
+    def _check_locked(self, bits: Sequence[Any], what: str) -> None:
+        """Refuse a mask that skips a unit the front's space locks (never skipped)."""
+        for j, unit in getattr(self, "_locked", ()):
+            if bits[j]:
+                locked = ", ".join(u for _, u in self._locked)
+                raise MaskError(
+                    f"{what} skips locked unit {unit!r}; the front's space never skips: {locked}"
+                )
 
     def _bound(self, name: str, value: Any) -> tuple[str, bool, float, str]:
         """(metric, is_upper_bound, limit, text) for one budget keyword."""

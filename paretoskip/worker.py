@@ -73,9 +73,17 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .coordination import Coordination, StudyLock
+from .coordination import Coordination, StudyLease, StudyLock
 from .errors import ConfigError, StudyMismatchError
-from .search import ENGINES, check_run_limits, engine_spec, make_engine, open_study, run_engine
+from .search import (
+    ENGINES,
+    check_run_limits,
+    clamp_budget,
+    engine_spec,
+    make_engine,
+    open_study,
+    run_engine,
+)
 from .storage import StorageLocation
 from .study import worker_id
 
@@ -147,7 +155,6 @@ def run_worker(
         masks taken from other workers, stale trials failed, seconds; and the study's
         distinct masks.
     """
-    from .cache import EvalCache
 
     if engine not in WORKER_ENGINES:
         raise ConfigError(
@@ -168,15 +175,16 @@ def run_worker(
     seed = worker_seed(me) if seed is None else int(seed)
     eng = make_engine(engine, seed, **dict(engine_options or {}))
     location = StorageLocation.parse(storage, study_name).prepare()
-    if evaluator.cache is None:
-        if location.cache_is_shared:
-            evaluator.cache = EvalCache(location.cache_url)
-        else:
-            log.warning(
-                "no shared evaluation cache for %s: workers take each other's results from the "
-                "study's trials",
-                location.redacted,
-            )
+    budget = clamp_budget(budget, evaluator.space)
+    # held for the whole run, taken before anything is written: a search whose engine
+    # cannot share the study is refused while this worker runs, and the other way round
+    lease = StudyLease(location, study_name, mode="shared", what=f"worker, engine {engine}")
+    lease.acquire()
+    try:
+        _give_cache(evaluator, location)
+    except BaseException:
+        lease.release()
+        raise
     lock = StudyLock(location, study_name)
     started = time.monotonic()
     try:
@@ -212,6 +220,7 @@ def run_worker(
         )
     finally:
         lock.close()
+        lease.release()
     summary = ctx.summary()
     summary.update(
         {
@@ -246,3 +255,18 @@ def _open_study(evaluator: Any, **kwargs: Any) -> Any:
             if time.monotonic() > deadline:
                 raise
         time.sleep(0.2)
+
+
+def _give_cache(evaluator: Any, location: StorageLocation) -> None:
+    """Give a cache-less evaluator the study database's shared cache."""
+    from .cache import EvalCache
+
+    if evaluator.cache is None:
+        if location.cache_is_shared:
+            evaluator.cache = EvalCache(location.cache_url)
+        else:
+            log.warning(
+                "no shared evaluation cache for %s: workers take each other's results from the "
+                "study's trials",
+                location.redacted,
+            )

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -56,6 +57,7 @@ __all__ = [
     "open_study",
     "run_engine",
     "check_run_limits",
+    "clamp_budget",
     "ENGINES",
     "Engine",
     "EngineSpec",
@@ -103,8 +105,16 @@ def open_study(
                 f"settings have {needs.setting}={getattr(evaluator.settings, needs.setting)!r}"
             )
     # the reference is measured before anything is written, so an unmeasurable objective
-    # (e.g. energy without a counter) fails cleanly
-    ref = evaluator.evaluate(evaluator.space.full)
+    # (e.g. energy without a counter) fails cleanly; it goes into the cache only once the
+    # study has accepted this search (a refusal writes nothing, cache included)
+    full = evaluator.space.to_bitstring(evaluator.space.full)
+    cache, ref = evaluator.cache, evaluator.cached([full]).get(full)
+    if ref is None:
+        evaluator.cache = None
+        try:
+            ref = evaluator.evaluate(evaluator.space.full)
+        finally:
+            evaluator.cache = cache
     for name in [o.name for o in objs] + [c.metric for c in cons]:
         if name not in ref.metrics:
             raise ConfigError(f"{name!r} is not measured with these settings")
@@ -131,6 +141,13 @@ def open_study(
         "seed": seed,
     }
     db = StudyDB.open(storage, study_name or _default_name(evaluator), meta=meta)
+    if cache is not None and not ref.cache_hit:
+        cache.put(
+            evaluator.cache_key,
+            ref.mask,
+            {k: m.to_dict() for k, m in ref.metrics.items()},
+            ref.seconds,
+        )
     if db.reference() is None:
         db.set_reference(ref)
     if ref.mask not in db.evaluated_masks():
@@ -165,6 +182,19 @@ def run_engine(
         ctx.close()
         log.info("search %s: %s", db.name, ctx.summary())
     return ctx
+
+
+def clamp_budget(budget: int, space: Any) -> int:
+    """A budget no larger than the skip space (a larger one is clamped, with a message)."""
+    if budget > space.size:
+        log.warning(
+            "budget %d is more than the %d masks of the skip space; searching all %d",
+            budget,
+            space.size,
+            space.size,
+        )
+        return int(space.size)
+    return budget
 
 
 def check_run_limits(budget: int | None, timeout: float | None) -> None:
@@ -213,21 +243,51 @@ def search(
             measurement spread).
         progress: show a progress bar (evaluations, cache hits, hypervolume).
     """
+    from ..coordination import Coordination, StudyLease, StudyLock
+    from ..storage import StorageLocation
+
     eng = make_engine(engine, seed, **dict(engine_options or {}))
     check_run_limits(budget, timeout)
-    budget = budget or eng.default_budget or evaluator.space.size
-    db = open_study(
-        evaluator,
-        objectives=objectives,
-        constraints=constraints,
-        storage=storage,
-        study_name=study_name,
-        engine=engine,
-        engine_settings=eng.describe(),
-        budget=budget,
-        seed=seed,
+    budget = clamp_budget(budget or eng.default_budget or evaluator.space.size, evaluator.space)
+    study_name = study_name or _default_name(evaluator)
+    location = StorageLocation.parse(storage, study_name).prepare()
+    shareable = engine_spec(engine).shareable
+    # every process on a study holds its lease: Optuna samplers share it (and coordinate
+    # through the study lock, as workers do), the other engines hold it alone
+    lease = StudyLease(
+        location,
+        study_name,
+        mode="shared" if shareable else "exclusive",
+        what=f"search, engine {engine}",
     )
-    ctx = run_engine(eng, evaluator, db, budget=budget, timeout=timeout, progress=progress)
+    with lease:
+        lock = StudyLock(location, study_name) if shareable else None
+        try:
+            with lock if lock is not None else contextlib.nullcontext():
+                db = open_study(
+                    evaluator,
+                    objectives=objectives,
+                    constraints=constraints,
+                    storage=location,
+                    study_name=study_name,
+                    engine=engine,
+                    engine_settings=eng.describe(),
+                    budget=budget,
+                    seed=seed,
+                )
+            coord = Coordination(lock=lock if lock.shared else None) if lock is not None else None
+            ctx = run_engine(
+                eng,
+                evaluator,
+                db,
+                budget=budget,
+                timeout=timeout,
+                progress=progress,
+                coordination=coord,
+            )
+        finally:
+            if lock is not None:
+                lock.close()
     front = Front.from_study(
         db, epsilon=epsilon, evaluator=evaluator, budget=budget, engine=eng.name, seed=seed
     )

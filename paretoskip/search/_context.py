@@ -64,9 +64,12 @@ class SearchContext:
             if r.feasible:
                 self._values.append(list(r.values or ()))
         self.trials_this_run = 0
-        self.max_trials = max_trials if max_trials is not None else 20 * budget + 100
+        self.max_trials = max_trials if max_trials is not None else 4 * budget + 100
         self.cache_hits = 0
         self.new_evaluations = 0
+        self.duplicate_trials = 0  # trials of masks the study held already (Optuna samplers)
+        self.duplicate_cap_hit = False
+        self.unexplored_enqueued = 0
         self.reference: dict[str, float] = db.reference_values()
         self._bar = progress_bar(
             budget,
@@ -165,6 +168,9 @@ class SearchContext:
             "new_evaluations": self.new_evaluations,
             "cache_hits": self.cache_hits,
             "trials_recorded": self.trials_this_run,
+            "duplicate_trials": self.duplicate_trials,
+            "duplicate_cap_hit": self.duplicate_cap_hit,
+            "unexplored_enqueued": self.unexplored_enqueued,
             "seconds": time.monotonic() - self.started,
             "hypervolume": self.current_hypervolume(),
         }

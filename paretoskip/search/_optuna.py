@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -9,10 +10,12 @@ import time
 import warnings
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 from ..coordination import Coordination
+from ..errors import ConfigError
 from ..evaluate import Evaluation
 from ..study import worker_id
 from ._base import Engine, register_engine
@@ -43,15 +46,36 @@ class OptunaEngine(Engine):
     """An Optuna sampler driven through ask/tell; trials are the study's own.
 
     Its state is the study, so several workers can share it (:mod:`paretoskip.worker`).
+
+    Near the end of a small space a sampler keeps proposing masks the study holds already
+    (each costs a trial, not an evaluation).  After ``duplicate_cap`` such trials in a row
+    (default: the batch size, at least 4) the engine says so once and from then on follows
+    every batch that had a duplicate with a batch of masks nobody has explored yet (drawn at
+    random); it stops when the space is explored.  So the trials of a run stay below about
+    twice its new masks plus the cap.
     """
 
     shareable = True
 
-    def __init__(self, sampler: str, seed: int = 0, batch: int | None = None, **options: Any):
+    def __init__(
+        self,
+        sampler: str,
+        seed: int = 0,
+        batch: int | None = None,
+        duplicate_cap: int | None = None,
+        **options: Any,
+    ):
         self.sampler_name = sampler
         self.name = sampler
         super().__init__(seed, **options)
         self.batch = batch
+        if duplicate_cap is not None and (
+            isinstance(duplicate_cap, bool)
+            or not isinstance(duplicate_cap, int)
+            or duplicate_cap < 1
+        ):
+            raise ConfigError(f"duplicate_cap={duplicate_cap!r}; a positive number of trials")
+        self.duplicate_cap = duplicate_cap
 
     def make_sampler(self) -> optuna.samplers.BaseSampler:
         """The configured Optuna sampler."""
@@ -104,37 +128,110 @@ class OptunaEngine(Engine):
         coord = ctx.coordination or Coordination()
         batch = self._batch_size()
         me = worker_id()
+        cap = self.duplicate_cap if self.duplicate_cap is not None else max(4, batch)
+        rng = np.random.default_rng(self.seed)
+        streak = 0  # duplicate trials in a row (masks the study held already)
+        exploring = False  # the cap was hit: a batch with a duplicate is followed by new masks
+        refill = False
 
-        while True:
-            with coord.locked():  # asks are atomic across the workers that share this lock
-                coord.redo_stale(ctx)
-                others = coord.sync(ctx)
-                if ctx.done():
-                    break
-                busy = {r.mask for r in others} - ctx.evaluated
-                n = min(batch, ctx.remaining - len(busy))
+        trials: list[Any] = []
+        try:
+            while True:
+                with coord.locked():  # asks are atomic across the workers sharing this lock
+                    coord.redo_stale(ctx)
+                    others = coord.sync(ctx)
+                    if ctx.done():
+                        break
+                    busy = {r.mask for r in others} - ctx.evaluated
+                    n = min(batch, ctx.remaining - len(busy))
+                    if refill and n > 0:
+                        added = self._enqueue_unexplored(ctx, busy, n, rng)
+                        ctx.unexplored_enqueued += added
+                        if added == 0 and not busy:
+                            log.info("%s: every mask of the space is explored", self.name)
+                            break
+                    refill = False
+                    trials = []
+                    for _ in range(max(n, 0)):
+                        t = study.ask()  # owner first, so that a dead worker's trial is found
+                        trials.append(t)
+                        t.set_user_attr("worker", me)
+                        t.set_user_attr("engine", self.name)
+                        for name, dist in dists.items():
+                            t.suggest_categorical(name, dist.choices)
+                    masks = [
+                        space.mask_from_genes([t.params[p] for p in space.param_names])
+                        for t in trials
+                    ]
+                    waits = coord.in_flight(ctx, trials) if trials else {}
+                if not trials:  # the rest of the budget is in other workers' hands: wait
+                    time.sleep(coord.poll_interval)
+                    continue
+                own = [i for i in range(len(trials)) if i not in waits]
+                dups = self._tell(ctx, [trials[i] for i in own], [masks[i] for i in own])
+                if waits:
+                    idx = sorted(waits)
+                    known = coord.wait_for(ctx, {i: waits[i] for i in idx}, masks)
+                    self._tell(ctx, [trials[i] for i in idx], [masks[i] for i in idx], known)
                 trials = []
-                for _ in range(max(n, 0)):
-                    t = study.ask()  # owner first, so that a dead worker's trial is found
-                    t.set_user_attr("worker", me)
-                    t.set_user_attr("engine", self.name)
-                    for name, dist in dists.items():
-                        t.suggest_categorical(name, dist.choices)
-                    trials.append(t)
-                masks = [
-                    space.mask_from_genes([t.params[p] for p in space.param_names]) for t in trials
-                ]
-                waits = coord.in_flight(ctx, trials) if trials else {}
-            if not trials:  # the rest of the budget is in other workers' hands: wait
-                time.sleep(coord.poll_interval)
-                continue
-            own = [i for i in range(len(trials)) if i not in waits]
-            self._tell(ctx, [trials[i] for i in own], [masks[i] for i in own])
-            if waits:
-                idx = sorted(waits)
-                known = coord.wait_for(ctx, {i: waits[i] for i in idx}, masks)
-                self._tell(ctx, [trials[i] for i in idx], [masks[i] for i in idx], known)
-            ctx.refresh()
+                for dup in dups:
+                    streak = streak + 1 if dup else 0
+                ctx.duplicate_trials += sum(dups)
+                if not exploring and streak >= cap:
+                    exploring = True
+                    ctx.duplicate_cap_hit = True
+                    log.warning(
+                        "%s proposed %d masks in a row that the study holds already (the "
+                        "neighbourhood it searches is exhausted): from now on a batch with a "
+                        "duplicate is followed by masks not explored yet",
+                        self.name,
+                        streak,
+                    )
+                refill = exploring and any(dups)
+                ctx.refresh()
+        except BaseException:
+            # an interrupt (Ctrl-C) or a failure leaves no trial of this process RUNNING
+            for t in trials:
+                with contextlib.suppress(Exception):
+                    db.fail(t)
+            raise
+
+    def _enqueue_unexplored(
+        self, ctx: SearchContext, busy: set[str], n: int, rng: np.random.Generator
+    ) -> int:
+        """Enqueue up to ``n`` masks nobody has evaluated, is evaluating or has enqueued
+        (drawn at random); returns how many."""
+        space, db = ctx.space, ctx.db
+        waiting = set()
+        for t in db.trials(states=(TrialState.WAITING,)):
+            fixed = t.system_attrs.get("fixed_params") or {}
+            if all(p in fixed for p in space.param_names):
+                genes = [int(fixed[p]) for p in space.param_names]
+                waiting.add(space.to_bitstring(space.mask_from_genes(genes)))
+        taken = ctx.evaluated | busy | waiting
+        g = space.n_genes
+        picks: list[str] = []
+        if g <= 16:
+            free = [
+                b
+                for b in (
+                    space.to_bitstring(space.mask_from_genes([(i >> k) & 1 for k in range(g)]))
+                    for i in range(2**g)
+                )
+                if b not in taken
+            ]
+            if free:
+                picks = [free[i] for i in rng.choice(len(free), min(n, len(free)), replace=False)]
+        else:
+            for _ in range(100 * n):
+                if len(picks) == n:
+                    break
+                b = space.to_bitstring(space.mask_from_genes(list(rng.integers(0, 2, g))))
+                if b not in taken and b not in picks:
+                    picks.append(b)
+        for b in picks:
+            db.study.enqueue_trial(db.params_of(b), skip_if_exists=False)
+        return len(picks)
 
     def _tell(
         self,
@@ -142,10 +239,11 @@ class OptunaEngine(Engine):
         trials: list[Any],
         masks: list[Any],
         known: dict[str, Evaluation] | None = None,
-    ) -> None:
-        """Evaluate the masks (except ``known`` results) and tell the trials."""
+    ) -> list[bool]:
+        """Evaluate the masks (except ``known`` results) and tell the trials; which of them
+        were duplicates (masks the study held already)."""
         if not trials:
-            return
+            return []
         db, study = ctx.db, ctx.db.study
         known = known or {}
         bits = [ctx.space.to_bitstring(m) for m in masks]
@@ -158,14 +256,17 @@ class OptunaEngine(Engine):
             raise
         results = {**known, **{ev.mask: ev for ev in evs}}
         told: set[str] = set()
+        dups = []
         for t, b in zip(trials, bits):
             ev = results[b]
             if b in told:  # asked twice in this batch: evaluated once, the second is a hit
                 ev = dataclasses.replace(ev, cache_hit=True, seconds=0.0)
+            dups.append(b in ctx.evaluated or b in told)
             told.add(b)
             ctx.account(ev)
             db.tell(t, ev, ctx.reference, engine=self.name)
             ctx.trials_this_run += 1
+        return dups
 
 
 class _AskTellBruteForceSampler(optuna.samplers.BruteForceSampler):
@@ -188,6 +289,6 @@ for _sampler, (_description, _options) in SAMPLER_OPTIONS.items():
         _sampler,
         _description,
         functools.partial(OptunaEngine, _sampler),
-        options=(*_options, "batch"),
+        options=(*_options, "batch", "duplicate_cap"),
         shareable=True,
     )
