@@ -1,15 +1,24 @@
 """Search quality: hypervolume found by each engine against the exact front.
 
-A space of 2^12 masks (resnet32 trained by paretoskip on digits with stochastic depth, the
-first unit of each stage locked) is evaluated once, exhaustively, into an evaluation cache.
-Every engine then searches it for 5 seeds with a budget of 512 distinct masks; since the
-evaluations come from the cache, the runs cost only the engines' own time.  For budgets of
-64/128/256/512 evaluations the benchmark reports HV(first B distinct masks)/HV(exact front)
-(objectives accuracy and FLOPs, the normalisation of the front file).  An engine's first B
-evaluations are exactly what a run with budget B evaluates, except that pymoo engines cut
-their last generation short.
+Two spaces, each evaluated once exhaustively (prefix-tree evaluator, validation split) into
+a lookup table cached as ``benchmarks/results/search_quality/<space>.npz`` (weights and tables
+are not versioned; a missing one is rebuilt):
 
-    python benchmarks/search_quality.py [--seeds 5] [--engines pymoo-nsga2,tpe,...]
+* ``resnet32`` — a resnet32 trained here with stochastic depth on digits (seed 0, 30
+  epochs), every one of its 15 units free: 2^15 = 32,768 masks;
+* ``resnet44-locked`` — a resnet44 trained the same way (seed 1), the first unit of every
+  stage locked and four pairs of units grouped: 14 genes, 2^14 = 16,384 masks.
+
+Every engine then searches each space for 5 seeds up to the largest budget, its accuracies
+read from the table (the same values the evaluator computed), so runs cost the engines' own
+time.  For budgets of 64 ... 1024 distinct masks it reports HV(first B distinct masks) /
+HV(exact front) (objectives accuracy and FLOPs, the front file's normalisation).  An
+engine's first B evaluations are what a run with budget B evaluates, except that pymoo
+engines cut their last generation short.  ``seconds_per_run`` is the engine's own time
+(no evaluation cost, the table lookups are free).
+
+    python benchmarks/search_quality.py [--seeds 5] [--engines surrogate,pymoo-nsga2,...]
+        [--spaces resnet32,resnet44-locked] [--prepare-only]
 
 Writes benchmarks/results/search_quality.json and plots/search_quality.{png,pdf}.
 """
@@ -20,8 +29,10 @@ import argparse
 import itertools
 import json
 import logging
+import os
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,126 +43,213 @@ import paretoskip
 from paretoskip.checkpoint import load_checkpoint
 from paretoskip.data import load_dataset
 from paretoskip.front import hypervolume, nondominated
-from paretoskip.objectives import parse_objectives
-from paretoskip.search import ENGINES
+from paretoskip.metrics import parse_objectives
+from paretoskip.search import ENGINES, make_engine, open_study
+from paretoskip.search import run_engine as search_run
 from paretoskip.train import train_and_save
 
 HERE = Path(__file__).parent
-BUDGETS = (64, 128, 256, 512)
+CACHE = HERE / "results" / "search_quality"
+BUDGETS = (64, 128, 256, 512, 1024)
+
+#: name → (model, training seed, locked units, groups)
+SPACES: dict[str, tuple[str, int, tuple[str, ...], tuple[tuple[str, ...], ...]]] = {
+    "resnet32": ("resnet32", 0, (), ()),
+    "resnet44-locked": (
+        "resnet44",
+        1,
+        ("layer1.0", "layer2.0", "layer3.0"),
+        (
+            ("layer1.5", "layer1.6"),
+            ("layer2.5", "layer2.6"),
+            ("layer3.3", "layer3.4"),
+            ("layer3.5", "layer3.6"),
+        ),
+    ),
+}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--engines", default=",".join(e for e in ENGINES if e != "exhaustive"))
-    ap.add_argument("--gp-budget", type=int, default=64, help="GP is slow: its budget (default 64)")
-    ap.add_argument("--out", default=str(HERE / "results" / "search_quality.json"))
-    ap.add_argument("--plot", default="plots/search_quality")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("paretoskip").setLevel(logging.WARNING)
-    torch.set_num_threads(args.threads)
+class TableEvaluator(paretoskip.Evaluator):
+    """An evaluator whose validation accuracies come from an exhaustive table (test
+    accuracies, FLOPs and parameters are computed as usual)."""
 
-    data = load_dataset("digits", seed=0)
-    ckpt = HERE / "results" / "digits-resnet32-sd"
+    def __init__(self, *args, table: dict[str, float], **kw):
+        super().__init__(*args, **kw)
+        self.table = table
+
+    def accuracy_many(self, masks, split="val"):
+        if split != "val":
+            return super().accuracy_many(masks, split)
+        return [self.table[self.space.to_bitstring(m)] for m in masks]
+
+
+def prepare(name: str, data) -> tuple[paretoskip.Evaluator, dict[str, float], dict]:
+    """The trained model, its space and the exhaustive accuracy table of space ``name``."""
+    model_name, seed, locked, groups = SPACES[name]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    ckpt = CACHE / f"digits-{model_name}-sd-seed{seed}"
     if not ckpt.with_suffix(".safetensors").exists():
-        print("training resnet32 (stochastic depth) on digits ...")
+        print(f"[{name}] training {model_name} (stochastic depth, seed {seed}) on digits ...")
+        t0 = time.perf_counter()
         train_and_save(
-            "resnet32",
+            model_name,
             data,
             ckpt,
             recipe="stochastic-depth",
             epochs=30,
             batch_size=64,
-            seed=0,
+            seed=seed,
             progress=False,
         )
+        print(f"[{name}] trained in {time.perf_counter() - t0:.0f} s (load {os.getloadavg()})")
     model, meta = load_checkpoint(ckpt)
-    space = paretoskip.SkipSpace.from_model(model, locked=["layer1.0", "layer2.0", "layer3.0"])
-    assert space.size == 4096, space.size
-    cache = f"sqlite:///{HERE / 'results' / 'search_quality_cache.db'}"
-    ev = paretoskip.Evaluator(model, data, space=space, cache=cache)
-
-    t0 = time.perf_counter()
-    every = [space.mask_from_genes(g) for g in itertools.product((0, 1), repeat=space.n_genes)]
-    table = {}
-    for start in range(0, len(every), 512):
-        for e in ev.evaluate_many(every[start : start + 512]):
-            table[e.mask] = (e["accuracy"], e["flops"])
-    exhaustive_s = time.perf_counter() - t0
-    objectives = parse_objectives(["accuracy", "flops"])
-    ref = {
-        "accuracy": table[space.to_bitstring(space.full)][0],
-        "flops": float(ev.costs.full_flops),
-    }
-    values = np.array(list(table.values()))
-    exact_front = values[nondominated(values, objectives)]
-    hv_exact = hypervolume(exact_front, objectives, ref)
-    print(
-        f"exhaustive: {len(table)} masks in {exhaustive_s:.1f} s (cache: {ev.misses} measured); exact front "
-        f"{len(exact_front)} points, HV {hv_exact:.5f}; full-model val accuracy {ref['accuracy']:.4f}"
-    )
-
-    results = {
-        "model": "resnet32 (digits, stochastic depth p_last=0.5, 30 epochs, batch 64)",
-        "checkpoint_test_accuracy": meta.get("test_accuracy"),
-        "space": {"genes": space.n_genes, "masks": space.size, "locked": list(space.locked)},
-        "exact": {"front_size": len(exact_front), "hypervolume": hv_exact, "seconds": exhaustive_s},
-        "budgets": list(BUDGETS),
-        "engines": {},
-    }
-    for engine in [e.strip() for e in args.engines.split(",") if e.strip()]:
-        budget = args.gp_budget if engine == "gp" else max(BUDGETS)
-        per_budget: dict[int, list[float]] = {b: [] for b in BUDGETS if b <= budget}
-        secs = []
-        for seed in range(args.seeds):
-            t1 = time.perf_counter()
-            name = f"{engine}-{seed}"
-            storage = ":memory:"
-            front = paretoskip.search(
-                ev,
-                engine=engine,
-                budget=budget,
-                seed=seed,
-                storage=storage,
-                study_name=name,
-                progress=False,
+    space = paretoskip.SkipSpace.from_model(model, locked=locked, groups=groups)
+    ev = paretoskip.Evaluator(model, data, space=space)
+    path = CACHE / f"{name}.npz"
+    every = np.array(list(itertools.product((0, 1), repeat=space.n_genes)), dtype=np.uint8)
+    acc = np.full(len(every), np.nan)
+    info = {"space": space.to_dict(), "model_fingerprint": ev.model_fingerprint}
+    seconds = 0.0
+    if path.exists():
+        z = np.load(path)
+        if json.loads(str(z["info"])) == info and len(z["accuracy"]) == len(every):
+            acc, seconds = z["accuracy"].copy(), float(z["seconds"])
+        else:
+            print(f"[{name}] {path} belongs to another model or space: rebuilt")
+    todo = np.flatnonzero(np.isnan(acc))
+    if len(todo):
+        print(f"[{name}] evaluating {len(todo)} of {len(every)} masks exhaustively ...")
+        load0 = os.getloadavg()
+        for lo in range(0, len(todo), 2048):
+            idx = todo[lo : lo + 2048]
+            t0 = time.perf_counter()
+            acc[idx] = ev.accuracy_many([space.mask_from_genes(g) for g in every[idx]])
+            seconds += time.perf_counter() - t0
+            np.savez(
+                path.with_suffix(".tmp.npz"), accuracy=acc, seconds=seconds, info=json.dumps(info)
             )
-            secs.append(time.perf_counter() - t1)
-            db = front.study
-            order = list(
-                dict.fromkeys(
-                    t.user_attrs["mask"] for t in sorted(db.trials(), key=lambda t: t.number)
-                )
-            )
-            for b in per_budget:
-                pts = np.array([table[m] for m in order[:b]])
-                per_budget[b].append(
-                    hypervolume(pts[nondominated(pts, objectives)], objectives, ref) / hv_exact
-                )
-        row = {
-            str(b): {
-                "mean": statistics.mean(v),
-                "std": statistics.pstdev(v),
-                "min": min(v),
-                "runs": v,
-            }
-            for b, v in per_budget.items()
-        }
-        results["engines"][engine] = {"hv_ratio": row, "seconds_per_run": statistics.mean(secs)}
-        cells = "  ".join(
-            f"{b}:{row[str(b)]['mean']:.4f}±{row[str(b)]['std']:.4f}" for b in per_budget
+            os.replace(path.with_suffix(".tmp.npz"), path)  # progress survives a kill
+        print(
+            f"[{name}] exhaustive in {seconds:.0f} s (load before {load0}, after {os.getloadavg()})"
         )
-        print(f"{engine:14s} {cells}   ({statistics.mean(secs):.1f} s/run)")
+    table = {space.mask_from_genes(g).bitstring: float(a) for g, a in zip(every, acc)}
+    ev = TableEvaluator(
+        model, data, space=space, table=table, model_fingerprint=ev.model_fingerprint
+    )
+    flops = np.array([ev.costs.flops(space.mask_from_genes(g)) for g in every], dtype=float)
+    values = np.stack([acc, flops], axis=1)
+    objectives = parse_objectives(["accuracy", "flops"])
+    ref = {"accuracy": float(acc[0]), "flops": float(ev.costs.full_flops)}
+    front = values[nondominated(values, objectives)]
+    desc = {
+        "model": f"{model_name} (digits, stochastic depth p_last=0.5, 30 epochs, batch 64, seed {seed})",
+        "checkpoint_val_accuracy": meta.get("val_accuracy"),
+        "checkpoint_test_accuracy": meta.get("test_accuracy"),
+        "genes": space.n_genes,
+        "masks": space.size,
+        "locked": list(space.locked),
+        "groups": [list(g) for g in space.groups],
+        "exact": {
+            "front_size": len(front),
+            "hypervolume": hypervolume(front, objectives, ref),
+            "exhaustive_seconds": seconds,
+        },
+    }
+    return ev, {**table, "__flops__": flops, "__ref__": ref}, desc
+
+
+def run_engine(
+    ev, table: dict, engine: str, budget: int, seeds: int, hv_exact: float
+) -> tuple[dict[int, list[float]], list[float]]:
+    """HV ratios of the first B distinct masks per budget and seed; seconds per run."""
+    objectives = parse_objectives(["accuracy", "flops"])
+    ref = table["__ref__"]
+    per_budget: dict[int, list[float]] = {b: [] for b in BUDGETS if b <= budget}
+    secs = []
+    for seed in range(seeds):
+        t1 = time.perf_counter()
+        eng = make_engine(engine, seed)
+        db = open_study(ev, storage=":memory:", study_name=f"{engine}-{seed}", engine=engine)
+        search_run(eng, ev, db, budget=budget, progress=False)  # no front file: no test split
+        secs.append(time.perf_counter() - t1)
+        order = list(
+            dict.fromkeys(t.user_attrs["mask"] for t in sorted(db.trials(), key=lambda t: t.number))
+        )
+        for b in per_budget:
+            pts = np.array(
+                [(table[m], ev.costs.flops(ev.space.from_bitstring(m))) for m in order[:b]]
+            )
+            hv = hypervolume(pts[nondominated(pts, objectives)], objectives, ref)
+            per_budget[b].append(hv / hv_exact)
+    return per_budget, secs
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--engines", default=",".join(e for e in ENGINES if e != "exhaustive"))
+    ap.add_argument("--spaces", default=",".join(SPACES))
+    ap.add_argument("--gp-budget", type=int, default=64, help="GP is slow: its budget (default 64)")
+    ap.add_argument("--max-budget", type=int, default=max(BUDGETS))
+    ap.add_argument("--prepare-only", action="store_true", help="train and tabulate, no search")
+    ap.add_argument("--out", default=str(HERE / "results" / "search_quality.json"))
+    ap.add_argument("--plot", default="plots/search_quality")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("paretoskip").setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    data = load_dataset("digits", seed=0)
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
-    _plot(results, Path(args.plot))
+    results = {"budgets": [b for b in BUDGETS if b <= args.max_budget], "spaces": {}}
+    if out.exists():  # keep the rows of engines / spaces not run this time
+        old = json.loads(out.read_text())
+        if "spaces" in old:
+            results["spaces"] = old["spaces"]
+    for name in [s.strip() for s in args.spaces.split(",") if s.strip()]:
+        ev, table, desc = prepare(name, data)
+        print(
+            f"[{name}] {desc['masks']} masks, exact front {desc['exact']['front_size']} points, "
+            f"HV {desc['exact']['hypervolume']:.5f}"
+        )
+        if args.prepare_only:
+            continue
+        row = results["spaces"].setdefault(name, {})
+        row.update({k: v for k, v in desc.items()})
+        engines = row.setdefault("engines", {})
+        for engine in [e.strip() for e in args.engines.split(",") if e.strip()]:
+            budget = args.gp_budget if engine == "gp" else args.max_budget
+            load0 = os.getloadavg()
+            per_budget, secs = run_engine(
+                ev, table, engine, budget, args.seeds, desc["exact"]["hypervolume"]
+            )
+            cells = {
+                str(b): {
+                    "mean": statistics.mean(v),
+                    "std": statistics.pstdev(v),
+                    "min": min(v),
+                    "runs": v,
+                }
+                for b, v in per_budget.items()
+            }
+            engines[engine] = {
+                "hv_ratio": cells,
+                "seconds_per_run": statistics.mean(secs),
+                "budget": budget,
+                "load_average": [round(x, 2) for x in load0],
+            }
+            text = "  ".join(f"{b}:{c['mean']:.4f}" for b, c in cells.items())
+            print(
+                f"[{name}] {engine:14s} {text}   ({statistics.mean(secs):.1f} s/run, load {load0[0]:.1f})"
+            )
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=2) + "\n")
+    if not args.prepare_only:
+        print(f"wrote {out}")
+        _plot(results, Path(args.plot))
 
 
 def _plot(results: dict, base: Path) -> None:
@@ -160,22 +258,28 @@ def _plot(results: dict, base: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
-    markers = itertools.cycle("osD^v<>PX*h")
-    for engine, row in results["engines"].items():
-        bs = [int(b) for b in row["hv_ratio"]]
-        mean = np.array([row["hv_ratio"][str(b)]["mean"] for b in bs])
-        std = np.array([row["hv_ratio"][str(b)]["std"] for b in bs])
-        lw = 2.4 if engine == "pymoo-nsga2" else 1.2
-        ax.errorbar(bs, mean, yerr=std, marker=next(markers), lw=lw, capsize=3, label=engine)
-    ax.axhline(0.99, color="0.5", ls="--", lw=0.8)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(list(BUDGETS), [str(b) for b in BUDGETS])
-    ax.set_xlabel("evaluations (distinct masks)")
-    ax.set_ylabel("HV found / HV of the exact front")
-    ax.set_title(f"Search quality on {results['space']['masks']} masks (resnet32, digits)")
-    ax.legend(fontsize=8, ncol=2, loc="lower right")
-    ax.grid(alpha=0.3)
+    spaces = list(results["spaces"].items())
+    fig, axes = plt.subplots(
+        1, len(spaces), figsize=(6.0 * len(spaces), 4.2), layout="constrained", squeeze=False
+    )
+    for ax, (name, sp) in zip(axes[0], spaces):
+        markers = itertools.cycle("osD^v<>PX*h")
+        for engine, row in sp["engines"].items():
+            bs = [int(b) for b in row["hv_ratio"]]
+            mean = np.array([row["hv_ratio"][str(b)]["mean"] for b in bs])
+            std = np.array([row["hv_ratio"][str(b)]["std"] for b in bs])
+            lw = 2.4 if engine in ("surrogate", "pymoo-nsga2") else 1.2
+            ax.errorbar(bs, mean, yerr=std, marker=next(markers), lw=lw, capsize=3, label=engine)
+        ax.axhline(0.99, color="0.5", ls="--", lw=0.8)
+        ax.axhline(0.995, color="0.5", ls=":", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(BUDGETS), [str(b) for b in BUDGETS])
+        ax.set_ylim(0.85, 1.002)
+        ax.set_xlabel("evaluations (distinct masks)")
+        ax.set_ylabel("HV found / HV of the exact front")
+        ax.set_title(f"{name}: {sp['masks']:,} masks")
+        ax.legend(fontsize=8, ncol=2, loc="lower right")
+        ax.grid(alpha=0.3)
     base.parent.mkdir(parents=True, exist_ok=True)
     for ext in ("png", "pdf"):
         fig.savefig(base.with_suffix(f".{ext}"), dpi=200)

@@ -49,7 +49,7 @@ from ._base import (
 from ._context import SearchContext
 
 # the engine families, in the order ENGINES lists them (each module registers its names)
-from . import _pymoo, _optuna, _exhaustive, _greedy  # noqa: E402, F401, I001  isort: skip
+from . import _pymoo, _optuna, _exhaustive, _greedy, _surrogate  # noqa: E402, F401, I001  isort: skip
 from ._exhaustive import EXHAUSTIVE_LIMIT  # noqa: E402  isort: skip
 
 __all__ = [
