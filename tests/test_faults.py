@@ -3,18 +3,19 @@ hold then (nothing executed, nothing lost, one clear error, nothing written on a
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import sqlite3
 from pathlib import Path
 
 import pytest
+import torch
+from conftest import make_tiny_model
 
 import paretoskip
 from paretoskip.data import load_dataset
 from paretoskip.search import make_engine, open_study, run_engine
-
-from conftest import make_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +82,174 @@ def test_pymoo_state_is_rebuilt_from_the_study(evaluator, tmp_path):
     assert len(gens) >= 4 and gens == sorted(set(gens))
     first = {r.generation for r in db.records()[:13] if r.generation is not None}
     assert min(g for g in gens if g not in first) > max(first)
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+STUDY = """\
+[study]
+name = "bad"
+[model]
+name = "resnet20"
+checkpoint = "{ckpt}"
+[data]
+name = "digits"
+[search]
+engine = "random"
+budget = 6
+objectives = {objectives}
+"""
+
+
+def _snapshot(folder: Path) -> dict[str, object]:
+    """Every file under ``folder`` and its content: an SQLite database as its rows (its
+    ``-wal``/``-shm`` companions change when it is only read), lock files aside (they hold
+    no data)."""
+    out: dict[str, object] = {}
+    for p in sorted(folder.rglob("*")):
+        name = str(p.relative_to(folder))
+        if not p.is_file() or p.name.endswith((".lock", "-shm", "-wal")):
+            continue
+        try:
+            with sqlite3.connect(f"file:{p}?mode=ro", uri=True) as conn:
+                out[name] = list(conn.iterdump())
+        except sqlite3.DatabaseError:
+            out[name] = p.read_bytes()
+    return out
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    """A study file with a saved checkpoint, and its study searched once."""
+    from paretoskip.checkpoint import save_checkpoint
+    from paretoskip.cli import main
+
+    work = tmp_path_factory.mktemp("bad")
+    save_checkpoint(make_tiny_model(), work / "ckpt")
+    (work / "bad.toml").write_text(
+        STUDY.format(ckpt=work / "ckpt", objectives='["accuracy", "flops"]')
+    )
+    (work / "other.toml").write_text(
+        STUDY.format(ckpt=work / "ckpt", objectives='["accuracy", "params"]')
+    )
+    # with [model.train]: a checkpoint without its metadata must not be trained over
+    (work / "train.toml").write_text(
+        STUDY.format(ckpt=work / "ckpt", objectives='["accuracy", "flops"]')
+        + "[model.train]\nepochs = 1\n"
+    )
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        assert main(["search", "bad.toml", "-q"]) == 0
+    finally:
+        os.chdir(cwd)
+    return work
+
+
+BAD_INPUTS = {
+    "unknown dialect": (["search", "bad.toml", "--storage", "foo://x"], "unknown storage scheme"),
+    "server port closed": (
+        ["search", "bad.toml", "--storage", "postgresql+psycopg://postgres@127.0.0.1:1/test"],
+        "cannot reach the database server",
+    ),
+    "database missing": (
+        [
+            "search",
+            "bad.toml",
+            "--storage",
+            "postgresql+psycopg://postgres@127.0.0.1:5432/nodb_h14",
+        ],
+        "does not exist",
+    ),
+    "driver missing": (
+        ["search", "bad.toml", "--storage", "mysql+pymysql://u@127.0.0.1/db"],
+        "paretoskip[mysql]",
+    ),
+    "not a database": (["search", "bad.toml", "--storage", "junk.db"], "not an SQLite database"),
+    "other objectives": (["search", "other.toml"], "nothing was written"),
+    "checkpoint json missing": (["run", "train.toml", "--no-plots"], "metadata"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_clear_line_and_writes_nothing(case, study_dir, capsys, monkeypatch):
+    from paretoskip.cli import main
+
+    argv, expected = BAD_INPUTS[case]
+    monkeypatch.chdir(study_dir)
+    (study_dir / "junk.db").write_bytes(b"this is not a database" * 100)
+    moved = None
+    if case == "checkpoint json missing":
+        moved = study_dir / "ckpt.json.away"
+        (study_dir / "ckpt.json").rename(moved)
+    before = _snapshot(study_dir)
+    try:
+        code = main(argv)
+    finally:
+        if moved is not None:
+            moved.rename(study_dir / "ckpt.json")
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("paretoskip: error:")]
+    assert code == 2, err[-3000:]
+    assert len(lines) == 1 and expected.lower() in lines[0].lower(), err[-3000:]
+    assert "Traceback" not in err
+    after = _snapshot(study_dir)
+    if moved is not None:
+        after.pop("ckpt.json", None)
+        before.pop("ckpt.json.away", None)
+    assert after == before, "a refused command changed files"
+
+
+def test_refused_reopen_adds_no_cache_row(study_dir, monkeypatch):
+    """The reference is evaluated before the study accepts the search; a refusal must not
+    leave it in the evaluation cache (it used to)."""
+    from paretoskip.cache import EvalCache
+    from paretoskip.errors import StudyMismatchError
+
+    model = make_tiny_model()
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # other weights: a study that refuses them
+    cache = EvalCache(str(study_dir / "studies/bad.db"))
+    ev = paretoskip.Evaluator(model, load_dataset("digits", seed=0), cache=cache)
+    rows = ev.cache.count()
+    with pytest.raises(StudyMismatchError):
+        open_study(ev, storage=str(study_dir / "studies/bad.db"), study_name="bad")
+    assert ev.cache.count() == rows
+
+
+def test_budget_beyond_the_space_is_clamped(caplog):
+    from paretoskip.search import clamp_budget
+
+    space = make_tiny_model_space()
+    assert clamp_budget(100_000, space) == space.size
+    assert f"searching all {space.size}" in caplog.text
+    assert clamp_budget(5, space) == 5
+
+
+def make_tiny_model_space():
+    return paretoskip.SkipSpace.from_model(make_tiny_model())
+
+
+def test_locked_units_are_enforced_on_every_mask_path(tmp_path):
+    from paretoskip.errors import MaskError
+    from paretoskip.front import Front
+    from paretoskip.pipeline import resolve_member
+    from paretoskip.runtime import AdaptiveModel
+
+    model = make_tiny_model()
+    space = paretoskip.SkipSpace.from_model(model, locked=["layer1.0"])
+    ev = paretoskip.Evaluator(model, load_dataset("digits", seed=0), space=space)
+    front = paretoskip.search(ev, engine="random", budget=6, storage=":memory:", progress=False)
+    bad = "1" + "0" * (space.n_units - 1)  # skips layer1.0
+    adaptive = AdaptiveModel(model, front.data)
+    with pytest.raises(MaskError, match="locked unit 'layer1.0'"):
+        adaptive.apply(bad)
+    with pytest.raises(MaskError, match="locked unit 'layer1.0'"):
+        resolve_member(front, mask=bad)
+    crafted = json.loads(json.dumps(front.data))
+    crafted["members"][0]["mask"] = bad
+    crafted["members"][0]["skipped"] = ["layer1.0"]
+    with pytest.raises(MaskError, match="locked unit 'layer1.0'"):
+        AdaptiveModel(model, crafted)
+    with pytest.raises(MaskError, match="locked unit 'layer1.0'"):
+        resolve_member(Front(crafted), member=0)
