@@ -543,6 +543,34 @@ def _member_lines(front, i: int, member: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _check_bound(name: str, bound: float | str) -> None:
+    """Refuse a bound no member can meet by its form: a fraction (accuracy) outside [0, 1], a
+    cost or percentage that is not > 0."""
+    from .metrics import METRICS
+
+    sep = " " if name in METRICS and METRICS[name].budget_help else "="
+    flag = f"--{name}" if sep == " " else f"--budget {name}"
+    if isinstance(bound, str):
+        try:
+            v = float(bound.rstrip("%"))
+        except ValueError:
+            raise ConfigError(f"{flag}{sep}{bound}: not a percentage such as '50%'") from None
+        if not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"{flag}{sep}{bound}: a percentage of the full model must be > 0%")
+        return
+    spec = METRICS.get(name)
+    if not math.isfinite(bound):
+        raise ConfigError(f"{flag}{sep}{bound}: give a finite number")
+    if spec is not None and spec.is_fraction:
+        if not 0.0 <= bound <= 1.0:
+            hint = f" (did you mean {bound / 100:g}?)" if 1.0 < bound <= 100.0 else ""
+            raise ConfigError(
+                f"{flag}{sep}{bound:g}: {name} is a fraction, give a bound in [0, 1]{hint}"
+            )
+    elif (spec is None or spec.direction == "minimize") and not bound > 0:
+        raise ConfigError(f"{flag}{sep}{bound:g}: a cost bound must be > 0")
+
+
 def cmd_select(args: argparse.Namespace) -> int:
     from .errors import BudgetError
     from .metrics import budget_names
@@ -564,6 +592,8 @@ def cmd_select(args: argparse.Namespace) -> int:
         raise ConfigError(
             "give at least one budget, e.g. --flops 50% --accuracy 0.95 (see `paretoskip select --help`)"
         )
+    for name, bound in budgets.items():
+        _check_bound(name, bound)
     ckpt = _checkpoint_for(args, pipe)
     if ckpt is not None and args.checkpoint is None:
         from .checkpoint import checkpoint_paths

@@ -168,3 +168,25 @@ def test_export_iree(here, capsys):
     assert main(["export", "tinyx.toml", "--member", str(i), "--out", str(out)]) == 0
     assert "(iree," in capsys.readouterr().out
     _check_against_model(out, here, member["mask"])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--accuracy", "1.5"], "--accuracy 1.5: accuracy is a fraction, give a bound in [0, 1]"),
+        (["--accuracy", "95"], "(did you mean 0.95?)"),
+        (["--accuracy", "-0.1"], "give a bound in [0, 1]"),
+        (["--flops", "0"], "--flops 0: a cost bound must be > 0"),
+        (["--flops=-5%"], "--flops -5%: a percentage of the full model must be > 0%"),
+        (["--budget", "flops=-1"], "--flops -1: a cost bound must be > 0"),
+    ],
+)
+def test_select_bounds_are_range_checked(here, capsys, args, message):
+    code = main(["select", "studies/tinyx.front.json", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "no member" not in err
+
+
+def test_select_in_range_bounds_still_select(here, capsys):
+    assert main(["select", "studies/tinyx.front.json", "--accuracy", "0", "--flops", "100%"]) == 0
+    assert "member" in capsys.readouterr().out
