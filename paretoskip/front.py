@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import time
@@ -42,7 +43,7 @@ import numpy as np
 from ._version import __version__
 from .errors import ConfigError
 from .frontfile import SCHEMA_VERSION as FRONT_SCHEMA_VERSION
-from .frontfile import load_front
+from .frontfile import load_front, validate_front
 from .metrics import METRICS, Objective
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
 ]
 
 HV_COST_REFERENCE = 1.1
+log = logging.getLogger("paretoskip.front")
 
 
 def _minimised(values: np.ndarray, objectives: Sequence[Objective]) -> np.ndarray:
@@ -111,10 +113,16 @@ def near_pareto(
     shifted = y - np.abs(eps)
     front = y[strict]
     band = np.zeros(len(values), dtype=bool)
-    for i in np.flatnonzero(~strict):
-        p = shifted[i]
-        dominated = np.any(np.all(front <= p, axis=1) & np.any(front < p, axis=1))
-        band[i] = not dominated
+    candidates = np.flatnonzero(~strict)
+    if len(front) == 0:
+        band[candidates] = True
+        return band
+    step = max(1, 2_000_000 // max(1, front.size))
+    for lo in range(0, len(candidates), step):
+        idx = candidates[lo : lo + step]
+        p = shifted[idx][:, None, :]
+        dominated = np.any(np.all(front <= p, axis=2) & np.any(front < p, axis=2), axis=1)
+        band[idx] = ~dominated
     return band
 
 
@@ -145,6 +153,39 @@ class Front:
     def reference(self) -> dict[str, Any]:
         return self.data["reference"]
 
+    @property
+    def families(self) -> list[dict[str, Any]]:
+        """Other families of operating points carried beside the members (``families`` in
+        the file: gated or dual-mode sweeps, see :func:`paretoskip.dynamic.dynamic_family`);
+        empty when there are none."""
+        return self.data.get("families", [])
+
+    def add_family(self, family: Mapping[str, Any]) -> None:
+        """Add a family of operating points (replacing one of the same name), validated
+        against the front file schema (``$defs.family``) before anything changes.
+
+        Example:
+            >>> front = Front({"schema_version": 1, "space": {"units": ["a"]},
+            ...     "objectives": [{"name": "flops", "direction": "minimize"}],
+            ...     "reference": {"metrics": {}},
+            ...     "members": [{"mask": "1", "metrics": {"flops": {"value": 2.0}}}]})
+            >>> front.add_family({"name": "gated", "kind": "dynamic",
+            ...     "members": [{"metrics": {"flops": {"value": 1.5}}, "test_accuracy": 0.9}]})
+            >>> [f["name"] for f in front.families]
+            ['gated']
+            >>> front.add_family({"name": "x", "members": []})
+            Traceback (most recent call last):
+            ...
+            paretoskip.errors.ConfigError: front family 'x': 'families[0].members' is empty; it needs at least 1 entry
+        """
+        if not isinstance(family, Mapping):
+            raise ConfigError(f"a front family must be a mapping, not {type(family).__name__}")
+        fam = clean_json(dict(family))
+        name = fam.get("name")
+        validate_front({**self.data, "families": [fam]}, f"family {name!r}")
+        kept = [f for f in self.families if f.get("name") != name]
+        self.data["families"] = [*kept, fam]
+
     def strict_members(self) -> list[dict[str, Any]]:
         return [m for m in self.members if m["strict"]]
 
@@ -168,27 +209,28 @@ class Front:
         budget: int | None = None,
         engine: str | None = None,
         seed: int | None = None,
+        use_sql: bool = True,
     ) -> Front:
         """Extract the front from a :class:`paretoskip.study.StudyDB`.
 
-        Reads the trials without deep copies.  With an ``evaluator``, the test accuracy of
-        every member that lacks one is measured and stored in the study.
+        Reads values, masks, spreads and constraints of every trial in one SQL query on a
+        relational storage (:meth:`~paretoskip.study.StudyDB.objective_table`; no Optuna
+        trial objects), then decodes only the members.  With an ``evaluator``, the test
+        accuracy of every member (and of the full model) that lacks one is measured and
+        stored in the study and on the members' trials.
         """
         objectives = db.objectives
-        records = db.records()
-        seen: dict[str, Any] = {}
-        for r in records:
-            if r.mask is None or r.mask in seen or not r.feasible:
-                continue
-            seen[r.mask] = r
-        feasible = list(seen.values())
-        values = np.array([r.values for r in feasible], dtype=float).reshape(
-            len(feasible), len(objectives)
-        )
+        table = db.objective_table(use_sql=use_sql)
+        # the first feasible trial of each mask
+        first: dict[str, int] = {}
+        for i in np.flatnonzero(table.feasible):
+            first.setdefault(table.masks[i], int(i))
+        rows = np.array(sorted(first.values()), dtype=np.int64)
+        values = table.values[rows].reshape(len(rows), len(objectives))
         strict = nondominated(values, objectives)
-        eps = _epsilon(feasible, objectives, epsilon)
+        eps = _epsilon(table.spreads[rows].reshape(len(rows), len(objectives)), objectives, epsilon)
         band = near_pareto(values, eps, objectives, strict)
-        chosen = [i for i in range(len(feasible)) if strict[i] or band[i]]
+        chosen = [i for i in range(len(rows)) if strict[i] or band[i]]
 
         ref_attr = db.reference()
         if ref_attr is None:
@@ -197,17 +239,37 @@ class Front:
             )
         ref_metrics = {k: m["value"] for k, m in ref_attr["metrics"].items()}
 
-        masks = [feasible[i].mask for i in chosen]
+        ids = [int(table.trial_ids[rows[i]]) for i in chosen]
+        records = db.records_by_id(ids)
+        masks = [records[t].mask for t in ids]
         tests = db.test_accuracies()
-        missing = [m for m in [*masks, ref_attr["mask"]] if m not in tests]
+        missing = [m for m in dict.fromkeys([*masks, ref_attr["mask"]]) if m not in tests]
         if evaluator is not None and missing:
-            tests.update(dict(zip(missing, evaluator.test_accuracy(missing))))
-            db.set_test_accuracies(tests)
+            started = time.monotonic()
+            n_test = _test_size(evaluator)
+            log.info(
+                "measuring the test accuracy of %d configurations (front members and the full "
+                "model) on %s test images",
+                len(missing),
+                n_test,
+            )
+            measured = dict(zip(missing, evaluator.test_accuracy(missing)))
+            tests.update(measured)
+            trial_of = {m: [t] for m, t in zip(masks, ids)}
+            ref_rows = [
+                int(table.trial_ids[i])
+                for i in range(len(table.masks))
+                if table.masks[i] == ref_attr["mask"]
+            ][:1]
+            if ref_rows:
+                trial_of.setdefault(ref_attr["mask"], ref_rows)
+            db.set_test_accuracies(measured, trials=trial_of)
+            log.info("test accuracies measured in %.1f s", time.monotonic() - started)
 
         space = db.space
         members = []
-        for i in chosen:
-            r = feasible[i]
+        for i, t in zip(chosen, ids):
+            r = records[t]
             members.append(
                 {
                     "mask": r.mask,
@@ -218,9 +280,12 @@ class Front:
                     "trial": r.number,
                 }
             )
-        first = objectives[0]
+        first_obj = objectives[0]
         members.sort(
-            key=lambda m: (first.sign * (m["metrics"][first.name]["value"] or 0.0), m["mask"])
+            key=lambda m: (
+                first_obj.sign * (m["metrics"][first_obj.name]["value"] or 0.0),
+                m["mask"],
+            )
         )
         meta = db.meta
         hv = hypervolume(values[strict], objectives, ref_metrics)
@@ -232,9 +297,9 @@ class Front:
                 "engine": engine or meta.get("engine"),
                 "budget": budget if budget is not None else meta.get("budget"),
                 "seed": seed if seed is not None else meta.get("seed"),
-                "evaluations": len(records),
-                "distinct_masks": len({r.mask for r in records} - {None}),
-                "feasible": len(feasible),
+                "evaluations": table.n_trials,
+                "distinct_masks": len(set(table.masks)),
+                "feasible": len(rows),
                 "constraints": meta.get("constraints", []),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "paretoskip": __version__,
@@ -346,23 +411,28 @@ class Front:
 
 
 def _epsilon(
-    records: Sequence[Any], objectives: Sequence[Objective], epsilon: Mapping[str, float] | None
+    spreads: np.ndarray, objectives: Sequence[Objective], epsilon: Mapping[str, float] | None
 ) -> np.ndarray:
-    eps = np.zeros((len(records), len(objectives)))
-    for j, o in enumerate(objectives):
-        if epsilon is not None and o.name in epsilon:
-            eps[:, j] = float(epsilon[o.name])
-            continue
-        for i, r in enumerate(records):
-            spread = r.metrics.get(o.name, {}).get("spread")
-            eps[i, j] = float(spread) if spread is not None and math.isfinite(spread) else 0.0
+    """Per row and objective, the width of the near-Pareto band: the user's ε, or the
+    measurement spread (0 where there is none)."""
     if epsilon is not None:
         unknown = set(epsilon) - {o.name for o in objectives}
         if unknown:
             raise ConfigError(
                 f"epsilon names {sorted(unknown)}, which are not objectives ({[o.name for o in objectives]})"
             )
+    eps = np.where(np.isfinite(spreads), spreads, 0.0).astype(float)
+    for j, o in enumerate(objectives):
+        if epsilon is not None and o.name in epsilon:
+            eps[:, j] = float(epsilon[o.name])
     return eps
+
+
+def _test_size(evaluator: Any) -> Any:
+    try:
+        return f"{len(evaluator.data.test.y):,}"
+    except (AttributeError, TypeError):
+        return "the"
 
 
 def _eps_text(epsilon: Mapping[str, float] | None, name: str) -> Any:

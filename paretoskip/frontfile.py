@@ -157,6 +157,12 @@ def validate_front(front: Any, source: str = "<dict>") -> dict:
         raise ConfigError(f"front {source}: missing required key 'schema_version'")
     _check(front["schema_version"], root["properties"]["schema_version"], "schema_version", source)
     _check(front, root, "", source)
+    names = [f["name"] for f in front.get("families", ())]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(
+            f"front {source}: families {twice} appear more than once; each family needs its own name"
+        )
     return front  # type: ignore[return-value]
 
 

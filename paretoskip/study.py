@@ -1,17 +1,41 @@
 """The study database: Optuna storage shared by every engine, and its trials as records.
 
 One Optuna trial per evaluation: parameters ``skip.<gene>`` ∈ {0, 1}, values = the
-objectives, user attributes = everything else (mask, every metric with unit, source and
-spread, cache hit, engine, generation, worker).  The space, objectives, constraints,
-fingerprints and provenance are stored as the study's user attribute ``paretoskip``;
-reopening the study with a different model, space, objectives or constraints raises
-:class:`~paretoskip.errors.StudyMismatchError` before anything is written.
+objectives (named on the study with ``set_metric_names``, so optuna-dashboard and
+``optuna trials`` show ``accuracy`` and ``flops``, not ``Objective 0``).
+
+**Trial user attributes** (study schema 2), one short attribute each, so the dashboard's
+attribute table and the ``optuna`` command line read well:
+
+* ``mask`` (bitstring, 1 = skipped), ``n_skipped``, ``engine``, ``generation``, ``worker``,
+  ``cache_hit``, ``seconds``;
+* one attribute per metric value, named after the metric (``accuracy``, ``flops``,
+  ``params``, ``latency``, ...; null when it could not be measured, with
+  ``<metric>.reason``), and ``<metric>.spread`` where the metric has one;
+* ``<metric>.unit`` / ``<metric>.source`` only where they differ from the study's (below);
+* ``test_accuracy`` on the trials of front members, once the front has been extracted.
+
+**Study attributes.**  The study's *user* attributes are a few readable lines (``paretoskip``,
+``model``, ``dataset``, ``objectives``, ``constraints``, ``engine``, ``full_model``) that
+``optuna studies`` prints in a narrow column.  The documents paretoskip works from are
+study *system* attributes: ``paretoskip:meta`` (space, objectives, constraints,
+fingerprints, provenance; reopening the study with a different model, space, objectives or
+constraints raises :class:`~paretoskip.errors.StudyMismatchError` before anything is
+written), ``paretoskip:reference`` (the full model's evaluation), ``paretoskip:metrics``
+(each metric's unit, source and what its spread is) and ``paretoskip:test_accuracy``
+(mask → test accuracy).
+
+Studies of schema 1 (every metric of a trial in one JSON attribute ``metrics``, the
+documents as study user attributes) are still read (front, plots, ``select``); continuing
+one is refused with a :class:`~paretoskip.errors.StudyMismatchError` that says so.
 
 :class:`TrialRecord` is the one decoder of a trial back into what paretoskip wrote (mask,
 values, metrics, constraint values, feasibility, engine, generation, worker); the front,
 the plots, the engines, the workers and the command line all read trials through it.
-This module is also the one place that reaches into Optuna below its public API (trial ids
-and the storage object, which the multi-worker protocol needs).
+:meth:`StudyDB.objective_table` reads what front extraction needs (values, masks, spreads,
+constraints of every COMPLETE trial) in one SQL query on a relational storage.
+This module is also the one place that reaches into Optuna below its public API (trial ids,
+system attributes, the storage object and its tables).
 
 Storage: see :mod:`paretoskip.storage` (a path, ``:memory:``, an SQLAlchemy URL,
 ``redis://…`` or a ``.log`` journal file).  optuna-dashboard and the ``optuna`` command
@@ -19,47 +43,85 @@ line open the same database.
 
 Example:
     >>> from paretoskip.study import StudyDB
-    >>> meta = {"schema_version": 1, "space": {"units": ["a", "b"], "locked": [], "groups": []},
+    >>> meta = {"schema_version": 2, "space": {"units": ["a", "b"], "locked": [], "groups": []},
     ...         "objectives": [{"name": "accuracy", "direction": "maximize", "unit": "fraction"},
     ...                        {"name": "flops", "direction": "minimize", "unit": "FLOPs"}],
     ...         "constraints": []}
     >>> db = StudyDB.open(":memory:", "demo", meta=meta)
-    >>> db.name, db.space.units, db.records()
-    ('demo', ('a', 'b'), [])
+    >>> db.name, db.space.units, db.records(), db.study.metric_names
+    ('demo', ('a', 'b'), [], ['accuracy', 'flops'])
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import ConfigError, StudyMismatchError
-from .evaluate import Evaluation, Metric
-from .metrics import Constraint, Objective
+from .metrics import METRICS, Constraint, Objective
 from .space import SkipSpace
 from .storage import StorageLocation
+
+if TYPE_CHECKING:
+    from .evaluate import Evaluation
 
 __all__ = [
     "StudyDB",
     "TrialRecord",
+    "ObjectiveTable",
     "SCHEMA_VERSION",
+    "READABLE_SCHEMA_VERSIONS",
+    "TRIAL_ATTRS",
     "worker_id",
     "trial_id",
     "is_feasible",
+    "metric_attrs",
+    "metrics_from_attrs",
 ]
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+#: The study schema this paretoskip writes (2: one trial attribute per metric value).
+SCHEMA_VERSION = 2
+#: The study schemas it reads (1: every metric of a trial in one JSON attribute ``metrics``).
+READABLE_SCHEMA_VERSIONS = (1, 2)
+#: Trial user attributes that are not metrics.
+TRIAL_ATTRS = (
+    "mask",
+    "n_skipped",
+    "engine",
+    "generation",
+    "worker",
+    "cache_hit",
+    "seconds",
+    "test_accuracy",
+)
 _DIST = CategoricalDistribution((0, 1))
+_META, _REFERENCE, _METRIC_INFO, _TESTS = (
+    "paretoskip:meta",
+    "paretoskip:reference",
+    "paretoskip:metrics",
+    "paretoskip:test_accuracy",
+)
+#: What the spread of each metric is (recorded in ``paretoskip:metrics``).
+_SPREAD_MEANING = {
+    "accuracy": "binomial standard error over the validation images",
+    "latency": "inter-quartile range of the timed runs",
+    "latency_ratio": "inter-quartile range of the interleaved ratios",
+    "energy": "spread of the repeated energy windows",
+}
 
 
 def worker_id() -> str:
@@ -77,14 +139,81 @@ def is_feasible(constraints: Mapping[str, float] | None) -> bool:
     return not any(c > 0 for c in (constraints or {}).values())
 
 
+def _num(v: Any) -> float | None:
+    """A metric value as a JSON number (NaN, the "not measured" value, becomes null)."""
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) or math.isinf(v) else None
+
+
+def metric_attrs(
+    metrics: Mapping[str, Mapping[str, Any]], info: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Trial user attributes of metric dicts (``{"value", "unit", "source", "spread"}``).
+
+    One attribute per value, ``<name>.spread`` where there is one, ``<name>.reason`` when
+    unmeasured; unit and source only where they differ from ``info`` (the study's).
+
+    Example:
+        >>> m = {"accuracy": {"value": 0.9, "unit": "fraction", "source": "measured:validation",
+        ...                   "spread": 0.01}}
+        >>> metric_attrs(m, {"accuracy": {"unit": "fraction", "source": "measured:validation"}})
+        {'accuracy': 0.9, 'accuracy.spread': 0.01}
+        >>> metrics_from_attrs(metric_attrs(m), {}) == m
+        True
+    """
+    info = info or {}
+    out: dict[str, Any] = {}
+    for name, m in metrics.items():
+        if name in TRIAL_ATTRS:
+            raise ConfigError(f"metric name {name!r} is reserved for a trial attribute")
+        out[name] = _num(m.get("value"))
+        if m.get("spread") is not None:
+            out[f"{name}.spread"] = _num(m["spread"])
+        known = info.get(name, {})
+        for key in ("unit", "source"):
+            if m.get(key) is not None and m.get(key) != known.get(key):
+                out[f"{name}.{key}"] = m[key]
+        if m.get("reason"):
+            out[f"{name}.reason"] = m["reason"]
+    return out
+
+
+def metrics_from_attrs(
+    attrs: Mapping[str, Any], info: Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, dict[str, Any]]:
+    """The metric dicts a trial's user attributes hold (schema 2, or schema 1's ``metrics``)."""
+    if isinstance(attrs.get("metrics"), Mapping):  # schema 1
+        return {k: dict(v) for k, v in attrs["metrics"].items()}
+    info = info or {}
+    names = [n for n in info if n in attrs]
+    names += [k[:-5] for k in attrs if k.endswith(".unit") and k[:-5] not in info]
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        known = info.get(name, {})
+        spec = METRICS.get(name)
+        d: dict[str, Any] = {
+            "value": attrs.get(name),
+            "unit": attrs.get(f"{name}.unit", known.get("unit", spec.unit if spec else "")),
+            "source": attrs.get(f"{name}.source", known.get("source", "unknown")),
+            "spread": attrs.get(f"{name}.spread"),
+        }
+        if attrs.get(f"{name}.reason"):
+            d["reason"] = attrs[f"{name}.reason"]
+        out[name] = d
+    return out
+
+
 @dataclass(frozen=True)
 class TrialRecord:
     """A trial of a paretoskip study, decoded (see :meth:`from_trial`).
 
     ``mask`` comes from the ``mask`` user attribute (written when the trial was told), or
     from the parameters when a :class:`SkipSpace` is given and every gene is set (a
-    RUNNING or FAILed trial); None otherwise.  ``metrics`` are the raw metric dicts
-    (``{"value", "unit", "source", "spread"}``) as stored.
+    RUNNING or FAILed trial); None otherwise.  ``metrics`` are the metric dicts
+    (``{"value", "unit", "source", "spread"}``), rebuilt from the trial's attributes and
+    the study's units and sources (``metric_info``) in schema 2, as stored in schema 1.
     """
 
     number: int
@@ -101,10 +230,16 @@ class TrialRecord:
     cache_hit: bool | None
     params_complete: bool
     datetime_start: Any = field(default=None, compare=False)
+    test_accuracy: float | None = field(default=None, compare=False)
 
     @classmethod
-    def from_trial(cls, trial: FrozenTrial, space: SkipSpace | None = None) -> TrialRecord:
-        """Decode one Optuna trial."""
+    def from_trial(
+        cls,
+        trial: FrozenTrial,
+        space: SkipSpace | None = None,
+        metric_info: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> TrialRecord:
+        """Decode one Optuna trial (``metric_info``: :meth:`StudyDB.metric_info`)."""
         attrs = trial.user_attrs
         complete = space is not None and all(p in trial.params for p in space.param_names)
         mask = attrs.get("mask")
@@ -119,7 +254,7 @@ class TrialRecord:
             state=trial.state,
             mask=mask,
             values=tuple(trial.values) if trial.values is not None else None,
-            metrics=attrs.get("metrics") or {},
+            metrics=metrics_from_attrs(attrs, metric_info),
             constraints=constraints,
             feasible=is_feasible(constraints),
             engine=attrs.get("engine"),
@@ -128,6 +263,7 @@ class TrialRecord:
             cache_hit=attrs.get("cache_hit"),
             params_complete=complete,
             datetime_start=trial.datetime_start,
+            test_accuracy=attrs.get("test_accuracy"),
         )
 
     @property
@@ -137,6 +273,8 @@ class TrialRecord:
 
     def evaluation(self, space: SkipSpace) -> Evaluation:
         """The evaluation this trial recorded, as one the evaluator returns (a cache hit)."""
+        from .evaluate import Evaluation, Metric
+
         if self.mask is None:
             raise ConfigError(f"trial {self.number} has no mask: it was not told by paretoskip")
         return Evaluation(
@@ -145,6 +283,28 @@ class TrialRecord:
             {k: Metric.from_dict(v) for k, v in self.metrics.items()},
             cache_hit=True,
         )
+
+
+@dataclass(frozen=True)
+class ObjectiveTable:
+    """What front extraction needs of every COMPLETE trial with a mask, in trial order.
+
+    Attributes:
+        trial_ids, numbers: one per row.
+        masks: the bitstrings.
+        values: rows × objectives (the trial values).
+        spreads: rows × objectives, each objective's measurement spread (NaN when none).
+        feasible: whether every constraint is satisfied.
+        n_trials: COMPLETE trials read (rows without a mask included).
+    """
+
+    trial_ids: np.ndarray
+    numbers: np.ndarray
+    masks: list[str]
+    values: np.ndarray
+    spreads: np.ndarray
+    feasible: np.ndarray
+    n_trials: int
 
 
 @dataclass
@@ -165,6 +325,10 @@ class StudyDB:
 
     def __post_init__(self) -> None:
         self._space = SkipSpace.from_dict(self.meta["space"])
+        self._info: dict[str, dict[str, Any]] | None = None
+        self._reference_trial: bool | None = None
+        if self.storage is None:
+            self.storage = self.study._storage
 
     @property
     def name(self) -> str:
@@ -187,6 +351,23 @@ class StudyDB:
     def constraints(self) -> tuple[Constraint, ...]:
         return tuple(Constraint.parse(c) for c in self.meta["constraints"])
 
+    @property
+    def schema_version(self) -> int:
+        """The study schema its trials were written with (see the module docstring)."""
+        return int(self.meta.get("schema_version", 1))
+
+    # -- study attributes ----------------------------------------------------------------
+    def _system_attrs(self) -> dict[str, Any]:
+        return self.storage.get_study_system_attrs(self.study._study_id)
+
+    def _set_system_attr(self, key: str, value: Any) -> None:
+        self.storage.set_study_system_attr(self.study._study_id, key, value)
+
+    def _document(self, key: str, old_key: str) -> Any:
+        """A paretoskip document: a system attribute (schema 2) or a user attribute (1)."""
+        value = self._system_attrs().get(key)
+        return value if value is not None else self.study.user_attrs.get(old_key)
+
     # -- opening -------------------------------------------------------------------------
     @classmethod
     def open(
@@ -205,10 +386,21 @@ class StudyDB:
         where = location.redacted
         if study_name in _study_names(store):
             study = optuna.load_study(study_name=study_name, storage=store, sampler=sampler)
-            stored = study.user_attrs.get("paretoskip")
+            stored = _stored_meta(study, store)
             if stored is None:
                 raise StudyMismatchError(
                     f"study {study_name!r} in {where} was not made by paretoskip; choose another study name"
+                )
+            old = stored.get("schema_version", 1)
+            if (
+                old != meta.get("schema_version", SCHEMA_VERSION)
+                and old in READABLE_SCHEMA_VERSIONS
+            ):
+                raise StudyMismatchError(
+                    f"study {study_name!r} in {where} was written by an older paretoskip (study "
+                    f"schema {old}; this one writes schema {meta.get('schema_version')}). It can "
+                    "still be read (`paretoskip front`, `plot`, `select`) but not continued: use "
+                    "another study name (or storage) to search again; nothing was written."
                 )
             _check_same(stored, meta, study_name, where)
             return cls(study, location, stored, store)
@@ -216,10 +408,21 @@ class StudyDB:
             study = optuna.create_study(
                 study_name=study_name, storage=store, directions=directions, sampler=sampler
             )
-            study.set_user_attr("paretoskip", dict(meta))
         except optuna.exceptions.DuplicatedStudyError:  # another worker created it just now
             return cls.open(location, study_name, meta=meta, sampler=sampler)
-        return cls(study, location, dict(meta), store)
+        db = cls(study, location, dict(meta), store)
+        db._write_meta()
+        return db
+
+    def _write_meta(self) -> None:
+        meta = self.meta
+        self._set_system_attr(_META, dict(meta))
+        names = [o["name"] for o in meta["objectives"]]
+        with warnings.catch_warnings():  # set_metric_names is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.study.set_metric_names(names)
+        for key, value in _summary_attrs(meta).items():
+            self.study.set_user_attr(key, value)
 
     @classmethod
     def load(
@@ -239,9 +442,15 @@ class StudyDB:
         if study_name not in names:
             raise ConfigError(f"no study {study_name!r} in {where}; it holds: {names}")
         study = optuna.load_study(study_name=study_name, storage=store)
-        meta = study.user_attrs.get("paretoskip")
+        meta = _stored_meta(study, store)
         if meta is None:
             raise ConfigError(f"study {study_name!r} in {where} was not made by paretoskip")
+        version = meta.get("schema_version", 1)
+        if version not in READABLE_SCHEMA_VERSIONS:
+            raise ConfigError(
+                f"study {study_name!r} in {where} has study schema {version!r}; this paretoskip "
+                f"reads schemas {', '.join(map(str, READABLE_SCHEMA_VERSIONS))} (upgrade paretoskip)"
+            )
         return cls(study, location, meta, store)
 
     # -- reading trials ------------------------------------------------------------------
@@ -251,12 +460,18 @@ class StudyDB:
         """Trials without copying them (fast on large studies)."""
         return self.study.get_trials(deepcopy=False, states=tuple(states) if states else None)
 
+    def metric_info(self) -> dict[str, dict[str, Any]]:
+        """Each metric's unit, source and spread meaning, as the study records them."""
+        if not self._info:
+            self._info = dict(self._system_attrs().get(_METRIC_INFO) or {})
+        return self._info
+
     def records(
         self, states: Sequence[TrialState] | None = (TrialState.COMPLETE,)
     ) -> list[TrialRecord]:
         """The trials (COMPLETE ones by default) decoded, in trial order."""
-        space = self.space
-        return [TrialRecord.from_trial(t, space) for t in self.trials(states)]
+        space, info = self.space, self.metric_info()
+        return [TrialRecord.from_trial(t, space, info) for t in self.trials(states)]
 
     def evaluated_masks(self) -> set[str]:
         """Masks of the completed evaluations."""
@@ -265,12 +480,198 @@ class StudyDB:
     def record_of(self, trial: Any) -> TrialRecord:
         """The current state of one trial (asked here or by another worker), decoded."""
         tid = trial if isinstance(trial, int) else trial_id(trial)
-        return TrialRecord.from_trial(self.storage.get_trial(tid), self.space)
+        return TrialRecord.from_trial(self.storage.get_trial(tid), self.space, self.metric_info())
 
     def generation_of(self, trial: Any) -> int | None:
         """The generation an Optuna sampler (NSGA-II/III) gave an asked trial, if any."""
         system = self.storage.get_trial_system_attrs(trial_id(trial))
         return next((v for k, v in system.items() if k.endswith(":generation")), None)
+
+    def objective_table(self, *, use_sql: bool = True) -> ObjectiveTable:
+        """Values, masks, objective spreads and feasibility of every COMPLETE trial.
+
+        On a relational storage this is one SQL query (no Optuna trial objects are built:
+        the fast path of front extraction); elsewhere, or with ``use_sql=False``, it is
+        read from :meth:`records`.  Both give the same table.
+        """
+        if use_sql and isinstance(self.storage, optuna.storages.RDBStorage):
+            return self._sql_objective_table()
+        objectives = self.objectives
+        rows = self.records()
+        with_mask = [r for r in rows if r.mask is not None]
+        spreads = [[_spread_of(r.metrics.get(o.name)) for o in objectives] for r in with_mask]
+        return ObjectiveTable(
+            trial_ids=np.array([r.trial_id for r in with_mask], dtype=np.int64),
+            numbers=np.array([r.number for r in with_mask], dtype=np.int64),
+            masks=[r.mask for r in with_mask],
+            values=np.array([r.values for r in with_mask], dtype=float).reshape(
+                len(with_mask), len(objectives)
+            ),
+            spreads=np.array(spreads, dtype=float).reshape(len(with_mask), len(objectives)),
+            feasible=np.array([r.feasible for r in with_mask], dtype=bool),
+            n_trials=len(rows),
+        )
+
+    def _sql_objective_table(self) -> ObjectiveTable:
+        import sqlalchemy as sa
+        from optuna.storages._rdb import models
+
+        objectives = self.objectives
+        k = len(objectives)
+        trials = models.TrialModel.__table__
+        values = models.TrialValueModel.__table__
+        uattrs = models.TrialUserAttributeModel.__table__
+        sattrs = models.TrialSystemAttributeModel.__table__
+        where = (trials.c.study_id == self.study._study_id) & (
+            trials.c.state == TrialState.COMPLETE.name
+        )
+        keys = ["mask", "metrics"] + [f"{o.name}.spread" for o in objectives]
+
+        def part(kind: int, table: Any, a: Any, b: Any, num: Any, cond: Any = None) -> Any:
+            q = sa.select(
+                table.c.trial_id,
+                sa.literal(kind).label("kind"),
+                sa.cast(a, sa.String).label("a"),
+                sa.cast(b, sa.String).label("b"),
+                sa.cast(num, sa.Float).label("num"),
+            )
+            if table is not trials:
+                q = q.select_from(table.join(trials, table.c.trial_id == trials.c.trial_id))
+            q = q.where(where)
+            return q.where(cond) if cond is not None else q
+
+        null = sa.null()
+        query = sa.union_all(
+            part(0, trials, null, null, trials.c.number),
+            part(1, values, values.c.objective, values.c.value_type, values.c.value),
+            part(2, uattrs, uattrs.c.key, uattrs.c.value_json, null, uattrs.c.key.in_(keys)),
+            part(
+                3,
+                sattrs,
+                sattrs.c.key,
+                sattrs.c.value_json,
+                null,
+                sattrs.c.key.like("constraints%"),
+            ),
+        )
+        with self.storage.engine.connect() as conn:
+            rows = conn.execute(query).all()
+
+        index: dict[int, int] = {}
+        number: list[int] = []
+        for tid, kind, _a, _b, num in rows:
+            if kind == 0:
+                index[tid] = len(number)
+                number.append(int(num))
+        n = len(number)
+        vals = np.full((n, k), np.nan)
+        spreads = np.full((n, k), np.nan)
+        masks: list[str | None] = [None] * n
+        feasible = np.ones(n, dtype=bool)
+        spread_col = {f"{o.name}.spread": j for j, o in enumerate(objectives)}
+        inf = {"INF_POS": math.inf, "INF_NEG": -math.inf}
+        for tid, kind, a, b, num in rows:
+            if kind == 0:
+                continue
+            i = index[tid]
+            if kind == 1:
+                j = int(a)
+                if j < k:
+                    vals[i, j] = inf.get(b, num)
+            elif kind == 2:
+                if a == "mask":
+                    masks[i] = b[1:-1] if b.startswith('"') and "\\" not in b else json.loads(b)
+                elif a == "metrics":  # schema 1
+                    metrics = json.loads(b)
+                    for j, o in enumerate(objectives):
+                        s = _spread_of(metrics.get(o.name))
+                        if not math.isnan(s) and math.isnan(spreads[i, j]):
+                            spreads[i, j] = s
+                else:
+                    s = json.loads(b)
+                    spreads[i, spread_col[a]] = np.nan if s is None else float(s)
+            else:
+                value = json.loads(b)
+                if isinstance(value, list):  # Optuna's old list form
+                    if any(float(c) > 0 for c in value):
+                        feasible[i] = False
+                elif float(value) > 0:
+                    feasible[i] = False
+        order = np.argsort(np.array(number, dtype=np.int64), kind="stable")
+        keep = [i for i in order if masks[i] is not None]
+        ids = np.empty(n, dtype=np.int64)
+        for tid, i in index.items():
+            ids[i] = tid
+        return ObjectiveTable(
+            trial_ids=ids[keep],
+            numbers=np.array(number, dtype=np.int64)[keep],
+            masks=[masks[i] for i in keep],  # type: ignore[misc]
+            values=vals[keep].reshape(len(keep), k),
+            spreads=spreads[keep].reshape(len(keep), k),
+            feasible=feasible[keep],
+            n_trials=n,
+        )
+
+    def records_by_id(self, ids: Iterable[int]) -> dict[int, TrialRecord]:
+        """Some trials, decoded, by storage id (one query per 500 on a relational storage)."""
+        ids = [int(i) for i in ids]
+        if not isinstance(self.storage, optuna.storages.RDBStorage) or not ids:
+            return {i: self.record_of(i) for i in ids}
+        import sqlalchemy as sa
+        from optuna.storages._rdb import models
+
+        t = models.TrialModel.__table__
+        v = models.TrialValueModel.__table__
+        u = models.TrialUserAttributeModel.__table__
+        s = models.TrialSystemAttributeModel.__table__
+        attrs: dict[int, dict[str, Any]] = {i: {} for i in ids}
+        system: dict[int, dict[str, Any]] = {i: {} for i in ids}
+        vals: dict[int, dict[int, float]] = {i: {} for i in ids}
+        numbers: dict[int, int] = {}
+        with self.storage.engine.connect() as conn:
+            for lo in range(0, len(ids), 500):
+                chunk = ids[lo : lo + 500]
+                for tid, number in conn.execute(
+                    sa.select(t.c.trial_id, t.c.number).where(t.c.trial_id.in_(chunk))
+                ):
+                    numbers[tid] = number
+                for tid, key, value in conn.execute(
+                    sa.select(u.c.trial_id, u.c.key, u.c.value_json).where(u.c.trial_id.in_(chunk))
+                ):
+                    attrs[tid][key] = json.loads(value)
+                for tid, key, value in conn.execute(
+                    sa.select(s.c.trial_id, s.c.key, s.c.value_json).where(
+                        s.c.trial_id.in_(chunk), s.c.key.like("constraints%")
+                    )
+                ):
+                    system[tid][key] = json.loads(value)
+                for tid, obj, value in conn.execute(
+                    sa.select(v.c.trial_id, v.c.objective, v.c.value).where(v.c.trial_id.in_(chunk))
+                ):
+                    vals[tid][obj] = value
+        from optuna.trial._frozen import _get_constraints_from_system_attrs
+
+        info, space, out = self.metric_info(), self.space, {}
+        for tid in ids:
+            a = attrs[tid]
+            constraints = _get_constraints_from_system_attrs(system[tid])
+            out[tid] = TrialRecord(
+                number=numbers.get(tid, -1),
+                trial_id=tid,
+                state=TrialState.COMPLETE,
+                mask=a.get("mask"),
+                values=tuple(vals[tid][j] for j in sorted(vals[tid])) or None,
+                metrics=metrics_from_attrs(a, info),
+                constraints=constraints,
+                feasible=is_feasible(constraints),
+                engine=a.get("engine"),
+                generation=a.get("generation"),
+                worker=a.get("worker"),
+                cache_hit=a.get("cache_hit"),
+                params_complete=space is not None,
+                test_accuracy=a.get("test_accuracy"),
+            )
+        return out
 
     # -- writing trials ------------------------------------------------------------------
     def params_of(self, mask: str) -> dict[str, int]:
@@ -290,14 +691,27 @@ class StudyDB:
         metrics = {k: m.value for k, m in ev.metrics.items()}
         return {c.key: c.violation(metrics, reference) for c in self.constraints}
 
+    def _ensure_metric_info(self, ev: Evaluation) -> dict[str, dict[str, Any]]:
+        info = self.metric_info()
+        missing = {k: m for k, m in ev.metrics.items() if k not in info}
+        if missing:
+            for k, m in missing.items():
+                entry = {"unit": m.unit, "source": m.source}
+                if k in _SPREAD_MEANING:
+                    entry["spread"] = _SPREAD_MEANING[k]
+                info[k] = entry
+            self._set_system_attr(_METRIC_INFO, info)
+        return info
+
     def user_attrs_of(
         self, ev: Evaluation, *, engine: str, generation: int | None
     ) -> dict[str, Any]:
         """What a trial records besides its values (read back by :class:`TrialRecord`)."""
+        info = self._ensure_metric_info(ev)
         attrs: dict[str, Any] = {
             "mask": ev.mask,
             "n_skipped": len(ev.skipped),
-            "metrics": {k: m.to_dict() for k, m in ev.metrics.items()},
+            **metric_attrs({k: m.to_dict() for k, m in ev.metrics.items()}, info),
             "cache_hit": ev.cache_hit,
             "seconds": round(ev.seconds, 6),
             "engine": engine,
@@ -307,7 +721,7 @@ class StudyDB:
             attrs["generation"] = generation
         return attrs
 
-    def record(
+    def frozen_trial(
         self,
         ev: Evaluation,
         reference: Mapping[str, float],
@@ -315,16 +729,42 @@ class StudyDB:
         engine: str,
         generation: int | None = None,
     ) -> FrozenTrial:
-        """Add one finished evaluation as a COMPLETE trial (engines that are not Optuna samplers)."""
-        trial = optuna.trial.create_trial(
+        """A COMPLETE trial of an evaluation, not yet added (``study.add_trials`` takes many)."""
+        return optuna.trial.create_trial(
             params=self.params_of(ev.mask),
             distributions=self.distributions(),
             values=self.values_of(ev),
             user_attrs=self.user_attrs_of(ev, engine=engine, generation=generation),
             constraints=self.constraint_values(ev, reference) or None,
         )
+
+    def record(
+        self,
+        ev: Evaluation,
+        reference: Mapping[str, float],
+        *,
+        engine: str,
+        generation: int | None = None,
+    ) -> FrozenTrial | None:
+        """Add one finished evaluation as a COMPLETE trial (engines that are not Optuna samplers).
+
+        The full model is recorded once: an engine that proposes it again (its structured
+        start, say) gets no second trial (None is returned).
+        """
+        ref = self.reference()
+        if ref is not None and ev.mask == ref.get("mask"):
+            if engine != "reference" and self._has_reference_trial():
+                return None
+            self._reference_trial = True
+        trial = self.frozen_trial(ev, reference, engine=engine, generation=generation)
         self.study.add_trial(trial)
         return trial
+
+    def _has_reference_trial(self) -> bool:
+        if not self._reference_trial:
+            ref = self.reference()
+            self._reference_trial = ref is not None and ref.get("mask") in self.evaluated_masks()
+        return bool(self._reference_trial)
 
     def tell(
         self,
@@ -380,15 +820,74 @@ class StudyDB:
 
     # -- study-level attributes ----------------------------------------------------------
     def test_accuracies(self) -> dict[str, float]:
-        return dict(self.study.user_attrs.get("paretoskip.test_accuracy", {}))
+        """Test accuracies measured so far, by mask (front members and the full model)."""
+        return dict(self._document(_TESTS, "paretoskip.test_accuracy") or {})
 
-    def set_test_accuracies(self, values: Mapping[str, float]) -> None:
-        merged = {**self.test_accuracies(), **values}
-        self.study.set_user_attr("paretoskip.test_accuracy", merged)
+    def set_test_accuracies(
+        self, values: Mapping[str, float], trials: Mapping[str, Iterable[int]] | None = None
+    ) -> None:
+        """Record test accuracies by mask: in the study, and as the ``test_accuracy`` user
+        attribute of the given trials (mask → trial ids; default: every COMPLETE trial of
+        those masks) where the storage lets a finished trial be annotated (SQL databases
+        and in-memory studies; not Optuna's journal)."""
+        merged = {**self.test_accuracies(), **{k: float(v) for k, v in values.items()}}
+        if self.schema_version >= 2:
+            self._set_system_attr(_TESTS, merged)
+        else:
+            self.study.set_user_attr("paretoskip.test_accuracy", merged)
+        if trials is None:
+            wanted = set(values)
+            found: dict[str, list[int]] = {}
+            for r in self.records():
+                if r.mask in wanted:
+                    found.setdefault(r.mask, []).append(r.trial_id)
+            trials = found
+        pairs = [
+            (int(t), float(values[m])) for m, ids in trials.items() if m in values for t in ids
+        ]
+        self._annotate_finished(pairs, "test_accuracy")
+
+    def _annotate_finished(self, pairs: Sequence[tuple[int, Any]], key: str) -> bool:
+        """Set a user attribute on finished trials (Optuna refuses it through its API)."""
+        if not pairs:
+            return True
+        store = self.storage
+        if isinstance(store, optuna.storages.RDBStorage):
+            import sqlalchemy as sa
+            from optuna.storages._rdb import models
+
+            table = models.TrialUserAttributeModel.__table__
+            with store.engine.begin() as conn:
+                for lo in range(0, len(pairs), 500):
+                    chunk = pairs[lo : lo + 500]
+                    conn.execute(
+                        sa.delete(table).where(
+                            table.c.trial_id.in_([t for t, _ in chunk]), table.c.key == key
+                        )
+                    )
+                    conn.execute(
+                        sa.insert(table),
+                        [
+                            {"trial_id": t, "key": key, "value_json": json.dumps(v)}
+                            for t, v in chunk
+                        ],
+                    )
+            return True
+        if isinstance(store, optuna.storages.InMemoryStorage):
+            import copy
+
+            with store._lock:
+                for tid, v in pairs:
+                    frozen = copy.copy(store._get_trial(tid))
+                    frozen.user_attrs = {**frozen.user_attrs, key: v}
+                    store._set_trial(tid, frozen)
+            return True
+        log.debug("%s: this storage cannot annotate finished trials; kept in the study", key)
+        return False
 
     def reference(self) -> dict[str, Any] | None:
         """The full model's evaluation (``{"mask", "metrics", ...}``), once recorded."""
-        return self.study.user_attrs.get("paretoskip.reference")
+        return self._document(_REFERENCE, "paretoskip.reference")
 
     def reference_values(self) -> dict[str, float]:
         """The full model's metric values (empty before the reference is recorded)."""
@@ -396,11 +895,65 @@ class StudyDB:
         return {k: m["value"] for k, m in ref["metrics"].items()} if ref else {}
 
     def set_reference(self, ev: Evaluation) -> None:
-        self.study.set_user_attr("paretoskip.reference", ev.to_dict())
+        """Record the full model's evaluation (and the units and sources of its metrics)."""
+        self._set_system_attr(_REFERENCE, ev.to_dict())
+        self._ensure_metric_info(ev)
+        values = ", ".join(
+            f"{k} {_short_number(m.value)}" + (f" {m.unit}" if m.unit != "fraction" else "")
+            for k, m in ev.metrics.items()
+        )
+        self.study.set_user_attr("full_model", values)
+
+
+def _spread_of(metric: Mapping[str, Any] | None) -> float:
+    s = (metric or {}).get("spread")
+    return float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) else math.nan
+
+
+def _short_number(v: float) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.4f}" if abs(v) < 10 else f"{v:.4g}"
+
+
+def _summary_attrs(meta: Mapping[str, Any]) -> dict[str, str]:
+    """The study's readable user attributes (what ``optuna studies`` prints)."""
+    prov = meta.get("provenance") or {}
+    model = prov.get("model") or {}
+    data = prov.get("dataset") or {}
+    out = {
+        "paretoskip": f"study schema {meta.get('schema_version')}, paretoskip {meta.get('paretoskip', '?')}"
+    }
+    if model:
+        fp = str(model.get("fingerprint") or "")[:12]
+        out["model"] = f"{model.get('name', '?')}" + (f" (weights {fp})" if fp else "")
+    if data:
+        sizes = data.get("sizes") or {}
+        out["dataset"] = f"{data.get('name', '?')}" + (
+            f" (val {sizes.get('val')}, test {sizes.get('test')})" if sizes else ""
+        )
+    out["objectives"] = ", ".join(
+        f"{o['name']} ({o['direction'][:3]}, {o.get('unit', '')})" for o in meta["objectives"]
+    )
+    if meta.get("constraints"):
+        out["constraints"] = "; ".join(meta["constraints"])
+    if meta.get("engine"):
+        out["engine"] = f"{meta['engine']}, budget {meta.get('budget')}, seed {meta.get('seed')}"
+    return out
+
+
+def _stored_meta(study: optuna.Study, store: Any) -> dict[str, Any] | None:
+    """The study's paretoskip meta: a system attribute (schema 2) or a user attribute (1)."""
+    meta = store.get_study_system_attrs(study._study_id).get(_META)
+    if meta is None:
+        old = study.user_attrs.get("paretoskip")
+        meta = old if isinstance(old, dict) else None
+    return meta
 
 
 def _study_names(store: Any) -> list[str]:
-    return [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
+    # not get_all_study_summaries: it reads every trial of every study
+    return optuna.study.get_all_study_names(store)
 
 
 def _alive(pid: int) -> bool:

@@ -126,3 +126,73 @@ def test_front_and_runtime_read_through_the_same_reader(written, tmp_path):
     path.write_text(json.dumps(minimal))
     assert len(Front.load(path)) == len(AdaptiveModel(model, path).members)
     assert "test acc" in Front.load(path).table()
+
+
+def _family(name="layer-gated", kind="dynamic"):
+    from paretoskip.dynamic import dynamic_family
+
+    points = [
+        {
+            "target": t,
+            "val": {"accuracy": a, "n": 100, "flops": {"mean": f, "std": f / 10}},
+            "test": {"accuracy": a - 0.01, "flops": {"mean": f, "std": f / 10}},
+        }
+        for t, a, f in [(0.5, 0.80, 2.0e6), (0.7, 0.86, 3.0e6), (0.9, 0.85, 3.5e6)]
+    ]
+    return dynamic_family(points, name=name, label="layer gates", kind=kind)
+
+
+def test_front_file_carries_families(written, tmp_path):
+    """Families of operating points beside the static members survive save and load."""
+    _, doc, path = written
+    front = Front.load(path)
+    assert front.families == []
+    front.add_family(_family())
+    front.add_family(_family("dual", kind="dual"))
+    front.add_family(_family())  # the same name replaces the family
+    assert [f["name"] for f in front.families] == ["dual", "layer-gated"]
+    out, _ = front.save(tmp_path / "with-families.json")
+    raw = json.loads(out.read_text())
+    errors = sorted(_validator().iter_errors(raw), key=str)
+    assert not errors, [e.message for e in errors]
+    again = Front.load(out)
+    assert again.families == front.families
+    gated = again.families[1]
+    assert gated["cost_basis"] == "mean_per_input"
+    assert [m["strict"] for m in gated["members"]] == [True, True, False]
+    assert gated["members"][0]["metrics"]["flops"]["value"] == 2.0e6
+    assert gated["members"][0]["test_accuracy"] == pytest.approx(0.79)
+    assert again.members == Front.load(path).members  # the static front is untouched
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda f: f.pop("name"), r"missing required key 'families\[0\]\.name'"),
+        (lambda f: f.update(kind="magic"), r"families\[0\]\.kind is 'magic'; accepted: 'static'"),
+        (lambda f: f["members"].clear(), r"'families\[0\]\.members' is empty"),
+        (lambda f: f["members"][0].pop("metrics"), r"'families\[0\]\.members\[0\]\.metrics'"),
+        (
+            lambda f: f["members"][0]["metrics"].update(flops={"value": "many"}),
+            r"members\[0\]\.metrics\.flops\.value' must be a number or null",
+        ),
+    ],
+)
+def test_bad_families_are_refused(written, change, message):
+    _, doc, path = written
+    family = _family()
+    change(family)
+    front = Front.load(path)
+    with pytest.raises(ConfigError, match=message):
+        front.add_family(family)
+    assert front.families == []
+    bad = {**copy.deepcopy(doc), "families": [family]}
+    with pytest.raises(ConfigError, match=message):
+        validate_front(bad, "x.json")
+
+
+def test_two_families_of_one_name_are_refused(written):
+    _, doc, _ = written
+    bad = {**copy.deepcopy(doc), "families": [_family(), _family()]}
+    with pytest.raises(ConfigError, match=r"front x.json: families \['layer-gated'\] appear more"):
+        validate_front(bad, "x.json")

@@ -120,10 +120,12 @@ def test_trial_layout_for_dashboard(evaluator, tmp_path):
     t = study.get_trials(deepcopy=False)[-1]
     assert set(t.params) == {f"skip.{u}" for u in evaluator.space.gene_names}
     assert set(t.params.values()) <= {0, 1}
-    assert {"mask", "metrics", "cache_hit", "engine", "generation"} <= set(t.user_attrs)
-    assert t.user_attrs["metrics"]["accuracy"]["source"] == "measured:validation"
+    assert {"mask", "accuracy", "flops", "cache_hit", "engine", "generation"} <= set(t.user_attrs)
+    system = StudyDB.load(storage)._system_attrs()  # the study's system attributes
+    assert system["paretoskip:metrics"]["accuracy"]["source"] == "measured:validation"
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
-    meta = study.user_attrs["paretoskip"]
+    assert study.metric_names == ["accuracy", "flops"]
+    meta = system["paretoskip:meta"]
     assert meta["model_fingerprint"] == evaluator.model_fingerprint
 
 
