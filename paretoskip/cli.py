@@ -299,7 +299,8 @@ def _search_study(args: argparse.Namespace, *, plots: bool) -> int:
     plot_files: list[Path] = []
     plot_note = ""
     if plots and not args.no_plots:
-        plot_dir = Path(args.plots) if args.plots else Path("plots")
+        # next to the front file (studies/plots/ by default): never the tracked plots/
+        plot_dir = Path(args.plots) if args.plots else json_path.parent / "plots"
         try:
             plot_files = pipe.plot(front, plot_dir)
         except ImportError as exc:
@@ -502,7 +503,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     labels = args.labels.split(",") if args.labels else names
     if len(labels) != len(loaded):
         raise ConfigError(f"--labels gives {len(labels)} labels for {len(loaded)} studies")
-    out = Path(args.out) if args.out else Path("plots")
+    if args.out:
+        out = Path(args.out)
+    elif Path(args.studies[0]).suffix == ".db":
+        out = Path(args.studies[0]).parent / "plots"
+    else:  # next to the first study's front file (studies/plots/ by default)
+        out = _pipeline(args.studies[0], check_files=False).front_path(None).parent / "plots"
     for front in loaded:
         files += plot_front(front, out)
     if len(loaded) > 1:
@@ -795,7 +801,8 @@ _HELP: dict[str, tuple[str, str]] = {
         """\
 Runs a whole study: loads the data, trains the model when its checkpoint is missing,
 searches (resuming the study database up to the budget), writes the front file
-(<storage dir>/<name>.front.json and .csv, or under --out) and the plots (plots/, or
+(<storage dir>/<name>.front.json and .csv, or under --out) and the plots (a plots/ folder
+next to the front file, e.g. studies/plots/, or
 --plots DIR; PNG and PDF, named after the study), and prints the front.  Ctrl-C keeps every finished evaluation: run the
 same command again to resume.
 
@@ -844,7 +851,8 @@ examples:
         "draw the plots of one or several studies",
         """\
 Each study: every pair of objectives, hypervolume against evaluations and the units the
-front skips, as <name>_*.png and .pdf in plots/ (or --out DIR).  Several studies: also their
+front skips, as <name>_*.png and .pdf in studies/plots/ (next to the first study's front
+file; or --out DIR).  Several studies: also their
 hypervolume curves and fronts overlaid (<name1>_vs_<name2>-hypervolume, -fronts).
 
 examples:
@@ -975,7 +983,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="study file (default studies/digits-resnet20.toml)",
     )
     _search_options(p)
-    p.add_argument("--plots", metavar="DIR", help="folder for the plots (default plots/)")
+    p.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="folder for the plots (default: plots/ next to the front file)",
+    )
     p.add_argument("--no-plots", action="store_true", help="do not draw plots")
     p.set_defaults(func=cmd_run)
 
@@ -1019,7 +1031,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("plot")
     p.add_argument("studies", nargs="+", metavar="STUDY", help="study files (.toml) or .db files")
-    p.add_argument("--out", metavar="DIR", help="output folder (default plots/)")
+    p.add_argument(
+        "--out", metavar="DIR", help="output folder (default: plots/ next to the front file)"
+    )
     p.add_argument("--labels", help="comma-separated legend labels, one per study")
     p.set_defaults(func=cmd_plot)
 

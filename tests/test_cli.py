@@ -120,13 +120,14 @@ def test_run_writes_plots(done):
     if importlib.util.find_spec("paretoskip.plots") is None:
         pytest.skip("paretoskip/plots.py has not landed yet")
     work, result = done
-    files = sorted((work / "plots").iterdir())
+    files = sorted((work / "studies/plots").iterdir())
     pngs = [f for f in files if f.suffix == ".png"]
     assert pngs and any(f.suffix == ".pdf" for f in files)
     assert all(f.stat().st_size > 1000 for f in files)
     assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in pngs)
     assert all(f.name.startswith("tiny") for f in files)
-    assert "plots/" in result.stdout
+    assert "studies/plots/" in result.stdout
+    assert not (work / "plots").exists()  # a checkout's tracked plots/ is never written
 
 
 def test_second_run_resumes_without_new_evaluations(done):
