@@ -107,6 +107,10 @@ def _units_difference(model_units: list[str], front_units: list[str]) -> str:
 # --------------------------------------------------------------------------- the model
 
 
+#: Metrics that depend on the device they were measured on.
+_DEVICE_METRICS = frozenset({"latency", "latency_ratio", "energy"})
+
+
 class AdaptiveModel(nn.Module):
     """A skippable model that switches between the members of a front file.
 
@@ -315,12 +319,37 @@ class AdaptiveModel(nn.Module):
                     f"{what} skips locked unit {unit!r}; the front's space never skips: {locked}"
                 )
 
+    @property
+    def measured_device(self) -> str | None:
+        """The device the front's latencies and energies were measured on (``"cpu"``,
+        ``"cuda:0"``; None when the front does not say)."""
+        hardware = self._front.get("provenance", {}).get("hardware") or {}
+        device = hardware.get("device") if isinstance(hardware, Mapping) else None
+        return str(device) if device else None
+
+    def _check_device(self, name: str) -> None:
+        """Refuse a device-dependent budget when the model runs on another kind of device
+        than the one the front measured it on (a GPU's latency says nothing of a CPU's)."""
+        measured = self.measured_device
+        if name not in _DEVICE_METRICS or measured is None:
+            return
+        from .measure import model_device
+
+        here = model_device(self.model)
+        if torch.device(measured).type != here.type:
+            raise ConfigError(
+                f"budget {name!r}: the front's {name} was measured on {measured}, but the model "
+                f"runs on {here}; budget flops/params, or measure a front with "
+                f"measure.device = {here.type!r}"
+            )
+
     def _bound(self, name: str, value: Any) -> tuple[str, bool, float, str]:
         """(metric, is_upper_bound, limit, text) for one budget keyword."""
         if name not in self._values:
             raise ConfigError(
                 f"unknown metric {name!r} in the budget; this front has: {', '.join(self._values)}"
             )
+        self._check_device(name)
         if all(math.isnan(v) for v in self._values[name]):
             source = self._sources.get(name, "unavailable")
             raise ConfigError(

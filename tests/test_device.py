@@ -208,3 +208,51 @@ def test_gpu_latency_is_timed_on_the_gpu(tiny_model) -> None:
     stats = measure_latency(model, [0] * 9, batch_size=8, repeats=4, warmup=2)
     assert stats.device.startswith("cuda") and stats.cudnn_benchmark is False
     assert stats.median > 0 and not math.isnan(stats.ratio)
+
+
+# -- run-time selection --------------------------------------------------------------------
+
+
+def _front_measured_on(device: str | None, units: list[str]) -> dict:
+    def member(mask: str, acc: float, flops: float, latency: float) -> dict:
+        return {
+            "mask": mask,
+            "metrics": {
+                "accuracy": {"value": acc},
+                "flops": {"value": flops},
+                "latency": {"value": latency, "unit": "s", "source": "measured:wall-clock"},
+            },
+        }
+
+    front = {
+        "schema_version": 1,
+        "space": {"units": units},
+        "objectives": [
+            {"name": "accuracy", "direction": "maximize"},
+            {"name": "latency", "direction": "minimize"},
+        ],
+        "reference": {"metrics": {"accuracy": 0.97, "flops": 5e6, "latency": 0.002}},
+        "members": [
+            member("000000000", 0.97, 5e6, 0.002),
+            member("011011011", 0.87, 1.5e6, 0.0008),
+        ],
+    }
+    if device is not None:
+        front["provenance"] = {"hardware": {"device": device}}
+    return front
+
+
+def test_runtime_refuses_a_latency_budget_measured_on_another_device(tiny_model) -> None:
+    from paretoskip.models import skippable_units
+    from paretoskip.runtime import AdaptiveModel
+
+    units = [n for n, _ in skippable_units(tiny_model)]
+    on_gpu = AdaptiveModel(tiny_model, _front_measured_on("cuda:0", units))
+    assert on_gpu.measured_device == "cuda:0"
+    with pytest.raises(ConfigError, match=r"measured on cuda:0, but the model runs on cpu"):
+        on_gpu.select(latency="50%")
+    assert on_gpu.select(flops="40%")["mask"] == "011011011"  # FLOPs do not depend on it
+    on_cpu = AdaptiveModel(tiny_model, _front_measured_on("cpu", units))
+    assert on_cpu.select(latency="50%")["mask"] == "011011011"
+    unknown = AdaptiveModel(tiny_model, _front_measured_on(None, units))
+    assert unknown.measured_device is None and unknown.select(latency=0.001)["mask"] == "011011011"
