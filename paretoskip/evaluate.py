@@ -231,7 +231,8 @@ class Evaluator:
     """Evaluate skip masks of one model on one dataset split.
 
     Args:
-        model: a skippable model (see :func:`paretoskip.create_model`), weights loaded.
+        model: a skippable model (see :func:`paretoskip.create_model`), weights loaded; it is
+            moved to ``settings.device`` (in place, as ``nn.Module.to`` does).
         data: a :class:`paretoskip.data.DatasetSplits`; accuracy uses ``data.val`` (searched)
             and ``data.test`` (reported only, see :meth:`test_accuracy`).
         space: the skip space (default: every unit of the model).
