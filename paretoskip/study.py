@@ -554,8 +554,17 @@ class StudyDB:
                 sattrs.c.key.like("constraints%"),
             ),
         )
-        with self.storage.engine.connect() as conn:
-            rows = conn.execute(query).all()
+        engine = self.storage.engine
+        # literal values (the study id, attribute keys) and the driver's own cursor: no
+        # per-row SQLAlchemy processing of the ~10 rows per trial
+        sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+        with engine.connect() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:
+                cursor.execute(sql)
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
 
         index: dict[int, int] = {}
         number: list[int] = []
@@ -588,14 +597,12 @@ class StudyDB:
                         if not math.isnan(s) and math.isnan(spreads[i, j]):
                             spreads[i, j] = s
                 else:
-                    s = json.loads(b)
-                    spreads[i, spread_col[a]] = np.nan if s is None else float(s)
+                    spreads[i, spread_col[a]] = _json_number(b)
             else:
-                value = json.loads(b)
-                if isinstance(value, list):  # Optuna's old list form
-                    if any(float(c) > 0 for c in value):
+                if b.startswith("["):  # Optuna's old list form
+                    if any(float(c) > 0 for c in json.loads(b)):
                         feasible[i] = False
-                elif float(value) > 0:
+                elif _json_number(b) > 0:
                     feasible[i] = False
         order = np.argsort(np.array(number, dtype=np.int64), kind="stable")
         keep = [i for i in order if masks[i] is not None]
@@ -903,6 +910,12 @@ class StudyDB:
             for k, m in ev.metrics.items()
         )
         self.study.set_user_attr("full_model", values)
+
+
+def _json_number(text: str) -> float:
+    """A JSON number as Optuna stores it (``null`` → NaN; ``NaN``/``Infinity`` as json.dumps
+    writes them)."""
+    return math.nan if text == "null" else float(text)
 
 
 def _spread_of(metric: Mapping[str, Any] | None) -> float:
