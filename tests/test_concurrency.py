@@ -3,20 +3,18 @@ budget (SQLite and PostgreSQL) without computing a mask twice."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import make_tiny_model
 
 import paretoskip
 from paretoskip.coordination import StudyBusyError, StudyLease
 from paretoskip.data import load_dataset
 from paretoskip.study import StudyDB
-
-from conftest import make_tiny_model
 
 SEARCH_SCRIPT = textwrap.dedent(
     """
@@ -64,7 +62,7 @@ def test_two_plain_searches_share_the_budget(kind, checkpoint, tmp_path, request
     budget = 30
     procs = [_start(tmp_path, checkpoint, storage, "tpe", seed, budget) for seed in (1, 2)]
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     db = StudyDB.load(storage, "c")
     records = db.records()
@@ -95,10 +93,9 @@ def test_an_exclusive_search_is_refused_beside_a_live_one(tmp_path):
     finally:
         holder.release()
     holder = StudyLease(str(storage), "x", mode="exclusive", what="search, engine pymoo-nsga2")
-    with holder:
-        with pytest.raises(StudyBusyError, match=r"search, engine pymoo-nsga2"):
-            paretoskip.search(ev, engine="tpe", budget=8, storage=str(storage), study_name="x",
-                              progress=False)  # fmt: skip
+    with holder, pytest.raises(StudyBusyError, match=r"search, engine pymoo-nsga2"):
+        paretoskip.search(ev, engine="tpe", budget=8, storage=str(storage), study_name="x",
+                          progress=False)  # fmt: skip
     assert storage.read_bytes() == before
     # once the holder is gone, it runs
     front = paretoskip.search(ev, budget=8, storage=str(storage), study_name="x", progress=False,
@@ -108,7 +105,9 @@ def test_an_exclusive_search_is_refused_beside_a_live_one(tmp_path):
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_lease_modes(kind, tmp_path, request):
-    storage = str(tmp_path / "l.db") if kind == "sqlite" else request.getfixturevalue("postgres_url")
+    storage = (
+        str(tmp_path / "l.db") if kind == "sqlite" else request.getfixturevalue("postgres_url")
+    )
     a = StudyLease(storage, "s", mode="shared", what="worker, engine tpe").acquire()
     b = StudyLease(storage, "s", mode="shared", what="search, engine random").acquire()
     with pytest.raises(StudyBusyError) as info:

@@ -253,3 +253,79 @@ def test_locked_units_are_enforced_on_every_mask_path(tmp_path):
         AdaptiveModel(model, crafted)
     with pytest.raises(MaskError, match="locked unit 'layer1.0'"):
         resolve_member(Front(crafted), member=0)
+
+
+# --------------------------------------------------------------------------- SIGKILL loop
+
+KILL_SCRIPT = """
+import sys, paretoskip
+from paretoskip.checkpoint import load_checkpoint
+from paretoskip.data import load_dataset
+ckpt, storage, engine, budget = sys.argv[1:5]
+model, _ = load_checkpoint(ckpt)
+ev = paretoskip.Evaluator(model, load_dataset("digits", seed=0), cache=storage)
+paretoskip.search(ev, engine=engine, budget=int(budget), storage=storage, study_name="k",
+                  engine_options={"pop_size": 8} if engine.startswith("pymoo") else None,
+                  progress=False)
+print("MISSES", ev.misses, flush=True)
+"""
+
+
+@pytest.mark.parametrize("engine", ["pymoo-nsga2", "tpe"])
+def test_random_sigkills_lose_nothing_and_measure_nothing_twice(engine, tmp_path):
+    """A search SIGKILLed at seeded random points, and started again each time: no finished
+    evaluation is lost, none is measured again, and the study ends at the budget."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from optuna.trial import TrialState
+
+    from paretoskip.checkpoint import save_checkpoint
+    from paretoskip.study import StudyDB
+
+    save_checkpoint(make_tiny_model(), tmp_path / "ckpt")
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT)
+    storage = str(tmp_path / "k.db")
+    budget, kills = 40, 3
+    rng = random.Random(14)
+    cmd = [sys.executable, str(script), str(tmp_path / "ckpt"), storage, engine, str(budget)]
+
+    def masks() -> set[str]:
+        try:
+            return StudyDB.load(storage, "k").evaluated_masks()
+        except Exception:
+            return set()
+
+    seen: set[str] = set()
+    killed = 0
+    for _ in range(kills):
+        target = len(seen) + rng.randint(2, 8)  # kill once this many masks are in the study
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline and len(masks()) < target:
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.communicate()
+        now = masks()
+        assert seen <= now, f"finished evaluations lost: {sorted(seen - now)}"
+        seen = now
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    db = StudyDB.load(storage, "k")
+    final = db.evaluated_masks()
+    failed = len(db.trials(states=(TrialState.FAIL,)))
+    measured_last = int(out.stdout.split("MISSES")[1].split()[0])
+    print(
+        f"{engine}: {killed} kills, masks before the last run {len(seen)}, final {len(final)}, "
+        f"measured by the last run {measured_last}, failed trials {failed}"
+    )
+    assert killed == kills and seen <= final and len(final) == budget
+    # the last run measured only masks the study did not hold (plus those the kill cut)
+    assert measured_last <= budget - len(seen) + failed
+    assert not db.trials(states=(TrialState.RUNNING,))
