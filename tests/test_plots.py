@@ -128,7 +128,7 @@ def test_unavailable_energy_is_not_drawn(auto_study):
         assert not any("nergy" in lab for lab in _labels(fig)), stem
     note = figs["accuracy-vs-energy_unavailable"]
     assert note.axes == []  # no axes at all, so no point, let alone a 0
-    text = " ".join(t.get_text() for t in note.texts)
+    text = " ".join(" ".join(t.get_text().split()) for t in note.texts)  # wrapped lines
     assert "energy is unavailable" in text and "never plotted as 0" in text
 
 
