@@ -787,7 +787,7 @@ its checkpoint is missing, searches, and writes the front file and plots."""
 
 _EPILOG = """\
 examples:
-  paretoskip run                                   # the default study, a few minutes
+  paretoskip run                                   # the default study (digits ResNet-20)
   paretoskip run studies/fashion-mnist-resnet56.toml --budget 400
   paretoskip front studies/digits-resnet20.front.json
   paretoskip select studies/digits-resnet20.front.json --flops 50%
