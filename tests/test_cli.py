@@ -114,6 +114,8 @@ def test_run_trains_searches_and_writes_the_front(done):
     for where in ("studies/tiny.db", "studies/tiny.front.json", "studies/tiny.front.csv"):
         assert where in out
     assert "Traceback" not in result.stderr
+    # a log line while the front members' test accuracies are measured (after the search)
+    assert "test accuracies measured in" in result.stderr
 
 
 def test_run_writes_plots(done):
