@@ -175,7 +175,9 @@ def test_estimated_energy_is_labelled(estimated_study):
     ax = figs["accuracy-vs-energy"].axes[0]
     label = ax.get_xlabel()
     scale = {"J": 1.0, "mJ": 1e3, "µJ": 1e6, "nJ": 1e9}[re.search(r"\((\S*J) per", label)[1]]
-    pts = np.vstack([c.get_offsets() for c in ax.collections])
+    from matplotlib.collections import PathCollection  # the points, not the error bars
+
+    pts = np.vstack([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
     assert np.all(pts[:, 0] > 0)
     energies = [t.user_attrs["metrics"]["energy"]["value"] for t in db.trials()]
     for e in energies:

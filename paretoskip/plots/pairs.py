@@ -262,6 +262,50 @@ def _pair_figure(
                 h = line(float(axis.show(bound)), color="#555555", ls="--", lw=1.0, zorder=2)
                 entries.append((5, h, f"constraint {c}"))
 
+    # stored spreads of the front members as error bars
+    for axis, col in ((ax_y, 1), (ax_x, 0)):
+        pts, errs = [], []
+        for m in front.members:
+            spread = (m.get("metrics", {}).get(axis.name) or {}).get("spread")
+            if spread and math.isfinite(float(spread)):
+                pts.append((member_value(m, xname), member_value(m, yname)))
+                errs.append(float(spread))
+        if pts:
+            arr, err = np.asarray(pts, float), np.asarray(errs)
+            value = arr[:, col]
+            lo = np.asarray(axis.show(value - err), float)
+            hi = np.asarray(axis.show(value + err), float)
+            mid = np.asarray(axis.show(value), float)
+            bars = np.abs(np.vstack([mid - lo, hi - mid]))
+            ox = np.asarray(ax_x.show(arr[:, 0]), float)
+            oy = np.asarray(ax_y.show(arr[:, 1]), float)
+            h = ax.errorbar(
+                ox,
+                oy,
+                **({"yerr": bars} if col == 1 else {"xerr": bars}),
+                fmt="none",
+                ecolor=color,
+                elinewidth=0.8,
+                capsize=2,
+                alpha=0.7,
+                zorder=3.5,
+            )
+            entries.append((6, h, f"front member ± stored {axis.name} spread"))
+    # accuracy axis zoomed to the front's region (the cloud far below is not what matters)
+    n_below = 0
+    if yname == "accuracy":
+        vals = [member_value(m, "accuracy") for m in front.members] + [ry]
+        vals = [v for v in vals if math.isfinite(v)]
+        if vals:
+            lo_v, hi_v = min(vals), max(vals)
+            pad = max(0.1 * (hi_v - lo_v), 0.005)
+            lo_s, hi_s = sorted(
+                float(axis_v) for axis_v in ax_y.show(np.array([lo_v - pad, hi_v + pad]))
+            )
+            ax.set_ylim(lo_s, hi_s)
+            shown = np.asarray(ax_y.show(raw[yname][ok]), float)
+            n_below = int((shown < lo_s).sum())
+
     ax.set_xlabel(ax_x.label)
     ax.set_ylabel(ax_y.label)
     set_title(ax, data.name)
@@ -274,6 +318,8 @@ def _pair_figure(
             "front: non-dominated in (" + ", ".join(objective_names) + "); "
             "line: its members non-dominated in this plane"
         )
+    if n_below:
+        notes.append(f"accuracy axis zoomed to the front: {n_below} evaluations lie below it")
     n_missing = int((~ok).sum())
     if n_missing:
         notes.append(f"{n_missing} evaluations lack {xname} or {yname} (not shown)")
