@@ -416,6 +416,8 @@ class EnergyMeter(ABC):
             False
         """
         min_seconds, windows, why = self._ready(min_seconds, windows)
+        if why is None and not self.source.startswith("measured:"):
+            why = f"energy backend {self.name!r} does not measure (source {self.source})"
         if why is not None:
             return PowerReading.unavailable(self._unavailable(why).reason or why)
         done, failed = self._measure_windows(lambda: time.sleep(poll_seconds), min_seconds, windows)
