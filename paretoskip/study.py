@@ -864,22 +864,28 @@ class StudyDB:
             from optuna.storages._rdb import models
 
             table = models.TrialUserAttributeModel.__table__
-            with store.engine.begin() as conn:
-                for lo in range(0, len(pairs), 500):
-                    chunk = pairs[lo : lo + 500]
-                    conn.execute(
-                        sa.delete(table).where(
-                            table.c.trial_id.in_([t for t, _ in chunk]), table.c.key == key
-                        )
-                    )
-                    conn.execute(
-                        sa.insert(table),
-                        [
-                            {"trial_id": t, "key": key, "value_json": json.dumps(v)}
-                            for t, v in chunk
-                        ],
-                    )
-            return True
+            for attempt in range(5):  # another process may annotate the same trials at once
+                try:
+                    with store.engine.begin() as conn:
+                        for lo in range(0, len(pairs), 500):
+                            chunk = pairs[lo : lo + 500]
+                            conn.execute(
+                                sa.delete(table).where(
+                                    table.c.trial_id.in_([t for t, _ in chunk]), table.c.key == key
+                                )
+                            )
+                            conn.execute(
+                                sa.insert(table),
+                                [
+                                    {"trial_id": t, "key": key, "value_json": json.dumps(v)}
+                                    for t, v in chunk
+                                ],
+                            )
+                    return True
+                except sa.exc.IntegrityError:
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.1 * (attempt + 1))
         if isinstance(store, optuna.storages.InMemoryStorage):
             import copy
 
