@@ -142,7 +142,7 @@ def test_dask_local_cluster_with_postgres(spec, serial, postgres_url, tmp_path, 
     assert len(set(masks)) == budget == front.data["study"]["distinct_masks"]
     assert EvalCache(postgres_url).count(key) == budget
     assert not db.trials(states=[TrialState.RUNNING])
-    accuracy = {t.user_attrs["mask"]: t.user_attrs["metrics"]["accuracy"]["value"] for t in trials}
+    accuracy = {t.user_attrs["mask"]: t.user_attrs["accuracy"] for t in trials}
     assert list(accuracy.values()) == serial.accuracy_many(list(accuracy))
 
 

@@ -179,7 +179,7 @@ def test_estimated_energy_is_labelled(estimated_study):
 
     pts = np.vstack([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
     assert np.all(pts[:, 0] > 0)
-    energies = [t.user_attrs["metrics"]["energy"]["value"] for t in db.trials()]
+    energies = [t.user_attrs["energy"] for t in db.trials()]
     for e in energies:
         assert np.any(np.isclose(pts[:, 0], e * scale))
 

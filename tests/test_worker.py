@@ -126,7 +126,7 @@ def _check_study(url, spec, budget):
                 in masks
             )
     serial = spec.build()
-    acc = {t.user_attrs["mask"]: t.user_attrs["metrics"]["accuracy"]["value"] for t in done}
+    acc = {t.user_attrs["mask"]: t.user_attrs["accuracy"] for t in done}
     assert list(acc.values()) == serial.accuracy_many(list(acc))
     return db, trials
 
