@@ -325,7 +325,11 @@ def _pair_figure(
         notes.append(f"{n_missing} evaluations lack {xname} or {yname} (not shown)")
     entries.sort(key=lambda e: e[0])
     legend_below(
-        fig, [e[1] for e in entries], [e[2] for e in entries], note="; ".join(notes) or None
+        fig,
+        [e[1] for e in entries],
+        [e[2] for e in entries],
+        ncols=2,  # three columns of these labels are wider than the figure
+        note="; ".join(notes) or None,
     )
     return fig
 
