@@ -247,13 +247,42 @@ class TrialRecord:
             mask = space.to_bitstring(
                 space.mask_from_genes([trial.params[p] for p in space.param_names])
             )
-        constraints = dict(trial.constraints or {})
-        return cls(
+        return cls.from_attrs(
+            attrs,
             number=trial.number,
             trial_id=trial_id(trial),
             state=trial.state,
             mask=mask,
             values=tuple(trial.values) if trial.values is not None else None,
+            constraints=dict(trial.constraints or {}),
+            metric_info=metric_info,
+            params_complete=complete,
+            datetime_start=trial.datetime_start,
+        )
+
+    @classmethod
+    def from_attrs(
+        cls,
+        attrs: Mapping[str, Any],
+        *,
+        number: int,
+        trial_id: int,
+        state: TrialState,
+        mask: str | None,
+        values: tuple[float, ...] | None,
+        constraints: Mapping[str, float],
+        metric_info: Mapping[str, Mapping[str, Any]] | None,
+        params_complete: bool,
+        datetime_start: Any = None,
+    ) -> TrialRecord:
+        """A record from a trial's user attributes and the parts read beside them (the one
+        decoder behind :meth:`from_trial` and :meth:`StudyDB.records_by_id`)."""
+        return cls(
+            number=number,
+            trial_id=trial_id,
+            state=state,
+            mask=mask,
+            values=values,
             metrics=metrics_from_attrs(attrs, metric_info),
             constraints=constraints,
             feasible=is_feasible(constraints),
@@ -261,8 +290,8 @@ class TrialRecord:
             generation=attrs.get("generation"),
             worker=attrs.get("worker"),
             cache_hit=attrs.get("cache_hit"),
-            params_complete=complete,
-            datetime_start=trial.datetime_start,
+            params_complete=params_complete,
+            datetime_start=datetime_start,
             test_accuracy=attrs.get("test_accuracy"),
         )
 
@@ -661,22 +690,16 @@ class StudyDB:
         info, space, out = self.metric_info(), self.space, {}
         for tid in ids:
             a = attrs[tid]
-            constraints = _get_constraints_from_system_attrs(system[tid])
-            out[tid] = TrialRecord(
+            out[tid] = TrialRecord.from_attrs(
+                a,
                 number=numbers.get(tid, -1),
                 trial_id=tid,
                 state=TrialState.COMPLETE,
                 mask=a.get("mask"),
                 values=tuple(vals[tid][j] for j in sorted(vals[tid])) or None,
-                metrics=metrics_from_attrs(a, info),
-                constraints=constraints,
-                feasible=is_feasible(constraints),
-                engine=a.get("engine"),
-                generation=a.get("generation"),
-                worker=a.get("worker"),
-                cache_hit=a.get("cache_hit"),
+                constraints=_get_constraints_from_system_attrs(system[tid]),
+                metric_info=info,
                 params_complete=space is not None,
-                test_accuracy=a.get("test_accuracy"),
             )
         return out
 
