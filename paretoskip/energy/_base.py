@@ -24,6 +24,7 @@ __all__ = [
     "EnergyMeter",
     "UNAVAILABLE",
     "check_min_seconds",
+    "check_positive",
     "check_windows",
     "iqr",
     "index_tuple",
@@ -444,6 +445,19 @@ def check_min_seconds(value: object) -> float:
         raise ConfigError(f"min_seconds must be a finite number of seconds >= 0, got {value!r}")
     if value < 0:
         raise ConfigError(f"min_seconds must be >= 0, got {value!r}")
+    return float(value)
+
+
+def check_positive(value: object, option: str, unit: str) -> float:
+    """``value`` as a finite number > 0 (``option``'s ``unit``), or
+    :class:`~paretoskip.errors.ConfigError`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, Real)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigError(f"{option} must be a number of {unit} > 0, got {value!r}")
     return float(value)
 
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
-from numbers import Real
 from typing import Any
 
-from ..errors import ConfigError
-from ._base import EnergyMeter
+from ._base import EnergyMeter, check_positive
 
 __all__ = ["EstimatedMeter", "DEFAULT_WATTS_PER_CORE"]
 
@@ -37,16 +34,7 @@ class EstimatedMeter(EnergyMeter):
 
     def __init__(self, watts_per_core: float = DEFAULT_WATTS_PER_CORE, *, strict: bool = False):
         super().__init__(strict=strict)
-        if (
-            isinstance(watts_per_core, bool)
-            or not isinstance(watts_per_core, Real)
-            or not math.isfinite(watts_per_core)
-            or watts_per_core <= 0
-        ):
-            raise ConfigError(
-                f"watts_per_core must be a number of watts > 0, got {watts_per_core!r}"
-            )
-        self.watts_per_core = float(watts_per_core)
+        self.watts_per_core = check_positive(watts_per_core, "watts_per_core", "watts")
 
     @property
     def source(self) -> str:

@@ -17,13 +17,11 @@ UUID of a torch CUDA device, so the meter reads the GPU the model really runs on
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Mapping, Sequence
-from numbers import Real
 from typing import Any
 
 from ..errors import ConfigError, EnergyUnavailableError
-from ._base import EnergyMeter, index_tuple
+from ._base import EnergyMeter, check_positive, index_tuple
 
 __all__ = ["NvmlMeter", "nvml_device_record", "nvml_uuid_of"]
 
@@ -104,15 +102,7 @@ class NvmlMeter(EnergyMeter):
         assert devices is not None
         if not devices:
             raise ConfigError("device must name at least one GPU")
-        if (
-            isinstance(stall_seconds, bool)
-            or not isinstance(stall_seconds, Real)
-            or not math.isfinite(stall_seconds)
-            or stall_seconds <= 0
-        ):
-            raise ConfigError(
-                f"stall_seconds must be a number of seconds > 0, got {stall_seconds!r}"
-            )
+        check_positive(stall_seconds, "stall_seconds", "seconds")
         self.uuids: tuple[str, ...] | None = _uuid_tuple(uuid)
         self.devices: tuple[int, ...] = (
             devices if self.uuids is None else tuple(range(len(self.uuids)))
