@@ -58,7 +58,6 @@ __all__ = [
     "check_fingerprint",
     "resolve_member",
     "check_locked",
-    "export_member",
     "plot_front",
     "DEFAULT_TRAINING",
 ]
@@ -575,61 +574,3 @@ def resolve_member(
     elif entry is None:
         log.warning("mask %s is not a member of the front; exporting it anyway", mask)
     return mask, entry
-
-
-def export_member(
-    front: Front,
-    model: nn.Module,
-    mask: str,
-    *,
-    out: str | os.PathLike,
-    entry: Mapping[str, Any] | None = None,
-    method: str = "torch.export",
-    batch_size: int = 1,
-) -> dict[str, Any]:
-    """Export one configuration (see :func:`resolve_member`) without its skipped blocks, and
-    check the exported module against the masked model on random input.
-
-    Returns what was done: ``path``, ``mask``, ``skipped``, ``member`` (``entry``),
-    ``input_shape``, ``flops`` (counted on the masked model), ``front_flops``, ``values``
-    (state-dict values), ``max_diff`` and ``ok`` (the export equals the masked model within
-    1e-4 of its output scale).
-    """
-    import warnings
-
-    import torch
-
-    from .export import METHODS, export_configuration, save_exported
-    from .measure import count_flops
-    from .models import apply_mask
-
-    x = torch.randn(
-        batch_size, *tuple(model.input_shape), generator=torch.Generator().manual_seed(0)
-    )
-    with warnings.catch_warnings():
-        # torch.jit.* announce their deprecation on every call; the user chose TorchScript
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-        exported = export_configuration(model, mask, example_input=x, method=method)
-        path = Path(out)
-        if path.suffix == "":
-            path = path.with_suffix(METHODS[method])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_exported(exported, path)
-    apply_mask(model, mask)
-    counted = count_flops(model)
-    with torch.inference_mode():
-        expected = model(x)
-        got = exported(x)
-    diff = float((expected - got).abs().max())
-    return {
-        "path": path,
-        "mask": mask,
-        "skipped": [u for u, b in zip(front.data["space"]["units"], mask) if b == "1"],
-        "member": entry,
-        "input_shape": list(x.shape),
-        "flops": counted,
-        "front_flops": (entry or {}).get("metrics", {}).get("flops", {}).get("value"),
-        "values": sum(int(t.numel()) for t in exported.state_dict().values()),
-        "max_diff": diff,
-        "ok": diff <= 1e-4 * max(1.0, float(expected.abs().max())),
-    }
