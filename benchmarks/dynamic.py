@@ -286,6 +286,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plot_path = Path(args.plot or ROOT / "plots" / f"{name}.png")
     backbone.eval()
     fingerprint = weights_fingerprint(backbone)
+    provenance = {
+        "backbone_checkpoint": str(ckpt),
+        "weights_fingerprint": fingerprint,
+        "dataset_fingerprint": data.fingerprint,
+    }
 
     log.info("static front of %s on %s", ckpt, data.name)
     static = static_front(backbone, data, args.front)
@@ -375,6 +380,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "lr": args.lr,
                     "cost_weight": args.cost_weight,
                 },
+                provenance=provenance,
             )
         )
 
@@ -437,6 +443,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "fallback": "static",
                     },
                     sweep="budget",
+                    provenance=provenance,
                 )
             )
 

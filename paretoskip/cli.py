@@ -484,6 +484,88 @@ def cmd_front(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _open_study(arg: str):
+    """The StudyDB of a study file (.toml) or a .db file (which must exist)."""
+    from .study import StudyDB
+
+    path = Path(arg)
+    if path.suffix == ".db":
+        if not path.is_file():
+            raise ConfigError(f"study database {path} does not exist")
+        return StudyDB.load(path)
+    return _pipeline(arg, check_files=False).open_study()
+
+
+def _families_in(path: Path) -> list[dict[str, Any]]:
+    """The families a JSON file holds: one family, a list of them, or a document with a
+    ``families`` list (whose ``backbone.weights_fingerprint`` fills in a family's missing
+    provenance, as benchmarks/dynamic.py writes it)."""
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"family file {path} does not exist") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"family file {path} is not valid JSON: {exc}") from exc
+    if isinstance(doc, dict) and "families" in doc:
+        fams = doc["families"]
+        weights = (doc.get("backbone") or {}).get("weights_fingerprint")
+        if weights and isinstance(fams, list):
+            fams = [
+                {**f, "provenance": {"weights_fingerprint": weights, **(f.get("provenance") or {})}}
+                if isinstance(f, dict)
+                else f
+                for f in fams
+            ]
+    elif isinstance(doc, dict) and "members" in doc and "name" in doc:
+        fams = [doc]
+    else:
+        fams = doc
+    if not isinstance(fams, list) or not fams:
+        raise ConfigError(
+            f"family file {path} holds no families: expected a family (an object with name and "
+            "members), a list of them, or an object with a non-empty 'families' list"
+        )
+    return fams
+
+
+def cmd_family(args: argparse.Namespace) -> int:
+    db = _open_study(args.study)
+    if args.action == "list":
+        if args.what or args.name:
+            raise ConfigError("`family list` takes only the study")
+        fams = db.families()
+        if not fams:
+            _out(f"study {db.name}: no families attached")
+        for f in fams:
+            pts = f["members"]
+            _out(
+                f"{f['name']:<24} {f.get('kind', '?'):<8} {len(pts):>3} points, "
+                f"cost basis {f.get('cost_basis', '?')}: {f.get('label', '')}"
+            )
+        return EXIT_OK
+    if not args.what:
+        what = "JSON files" if args.action == "add" else "family names"
+        raise ConfigError(f"`family {args.action}` needs {what} after the study")
+    if args.action == "remove":
+        missing = [n for n in args.what if not db.remove_family(n)]
+        if missing:
+            have = ", ".join(f["name"] for f in db.families()) or "none"
+            raise ConfigError(f"study {db.name} has no family {missing}; it has: {have}")
+        _out(f"removed {', '.join(args.what)} from study {db.name}")
+        return EXIT_OK
+    fams = [f for arg in args.what for f in _families_in(Path(arg))]
+    if args.name:
+        names = [f.get("name") for f in fams if isinstance(f, dict)]
+        unknown = sorted(set(args.name) - set(names))
+        if unknown:
+            raise ConfigError(f"--name {unknown}: not in the files; they hold {names}")
+        fams = [f for f in fams if f.get("name") in args.name]
+    for f in fams:
+        stored = db.set_family(f, force=args.force)
+        _out(f"attached {stored['name']} ({len(stored['members'])} points) to study {db.name}")
+    return EXIT_OK
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from .front import Front
     from .pipeline import plot_front
@@ -491,33 +573,44 @@ def cmd_plot(args: argparse.Namespace) -> int:
     loaded = []
     for arg in args.studies:
         path = Path(arg)
-        if path.suffix == ".db":
-            from .study import StudyDB
-
-            front = Front.from_study(StudyDB.load(path))
+        if path.suffix == ".json":
+            front = Front.load(path)
+        elif path.suffix == ".db":
+            front = Front.from_study(_open_study(arg))
         else:
             front = _pipeline(arg, check_files=False).front()
         loaded.append(front)
     files: list[Path] = []
-    names = [f.study.name for f in loaded]
+    names = [
+        f.study.name if f.study is not None else f.data.get("study", {}).get("name") or Path(a).stem
+        for f, a in zip(loaded, args.studies)
+    ]
     labels = args.labels.split(",") if args.labels else names
     if len(labels) != len(loaded):
         raise ConfigError(f"--labels gives {len(labels)} labels for {len(loaded)} studies")
     if args.out:
         out = Path(args.out)
-    elif Path(args.studies[0]).suffix == ".db":
+    elif Path(args.studies[0]).suffix in (".db", ".json"):
         out = Path(args.studies[0]).parent / "plots"
     else:  # next to the first study's front file (studies/plots/ by default)
         out = _pipeline(args.studies[0], check_files=False).front_path(None).parent / "plots"
-    for front in loaded:
-        files += plot_front(front, out)
+    for front, arg in zip(loaded, args.studies):
+        if front.study is not None:
+            files += plot_front(front, out)
+        elif len(loaded) == 1:  # a front file: no study for the pairs, the overlay only
+            from .plots import plot_fronts
+            from .plots._common import safe_name
+
+            name = safe_name(front.data.get("study", {}).get("name") or Path(arg).stem)
+            files += plot_fronts(front, out / f"{name}_fronts")
     if len(loaded) > 1:
         from .plots import plot_fronts, plot_hypervolume
 
         stem = "_vs_".join(names)
-        files += plot_hypervolume(
-            [f.study for f in loaded], out / f"{stem}-hypervolume", labels=labels
-        )
+        if all(f.study is not None for f in loaded):  # a front file has no trial history
+            files += plot_hypervolume(
+                [f.study for f in loaded], out / f"{stem}-hypervolume", labels=labels
+            )
         files += plot_fronts(loaded, out / f"{stem}-fronts", labels=labels)
     for f in files:
         _out(str(f))
@@ -852,13 +945,34 @@ examples:
         """\
 Each study: every pair of objectives, hypervolume against evaluations and the units the
 front skips, as <name>_*.png and .pdf in studies/plots/ (next to the first study's front
-file; or --out DIR).  Several studies: also their
-hypervolume curves and fronts overlaid (<name1>_vs_<name2>-hypervolume, -fronts).
+file; or --out DIR).  A study with families of operating points attached (per-input gated
+or dual-mode sweeps, `paretoskip family add`): also its static front and every family
+overlaid (<name>_families, and <name>_families-test against test accuracy), the families'
+costs labelled as means per input.  Several studies: also their hypervolume curves and
+fronts overlaid (<name1>_vs_<name2>-hypervolume, -fronts), families included.  A front
+file (.json) is drawn as it is: its fronts-and-families overlay only.
 
 examples:
   paretoskip plot studies/digits-resnet20.toml
   paretoskip plot studies/digits-resnet20.toml studies/digits-resnet20-plain.toml \\
       --labels "stochastic depth,plain" """,
+    ),
+    "family": (
+        "attach, list or remove families of operating points of a study",
+        """\
+A family is a sweep of operating points of the study's model that is not a static skip
+configuration: per-input gated models at several compute targets, or the dual mode under
+several hard budgets (paretoskip.dynamic.dynamic_family writes them; benchmarks/dynamic.py
+writes them under "families" of its JSON).  Attached families live in the study database:
+every front extraction and front file carries them, and `paretoskip plot` overlays them on
+the static front.  FILE is a family, a list of families, or a document with a "families"
+list (a front file, a benchmarks/dynamic.py result).  A family made from other weights
+than the study's model (its provenance.weights_fingerprint) is refused unless --force.
+
+examples:
+  paretoskip family add studies/fashion-mnist-resnet20.toml benchmarks/results/dynamic.json
+  paretoskip family list studies/fashion-mnist-resnet20.toml
+  paretoskip family remove studies/fashion-mnist-resnet20.toml dual""",
     ),
     "select": (
         "choose the most accurate front member within budgets",
@@ -1029,8 +1143,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="only the strictly non-dominated members")
     p.set_defaults(func=cmd_front)
 
+    p = add("family")
+    p.add_argument("action", choices=("add", "list", "remove"))
+    p.add_argument("study", metavar="STUDY", help="study file (.toml) or .db file")
+    p.add_argument(
+        "what", nargs="*", metavar="FILE_OR_NAME", help="add: JSON files; remove: family names"
+    )
+    p.add_argument("--name", action="append", help="add: only the families of these names")
+    p.add_argument("--force", action="store_true", help="add: attach even if the weights differ")
+    p.set_defaults(func=cmd_family)
+
     p = add("plot")
-    p.add_argument("studies", nargs="+", metavar="STUDY", help="study files (.toml) or .db files")
+    p.add_argument(
+        "studies",
+        nargs="+",
+        metavar="STUDY",
+        help="study files (.toml), .db or front files (.json)",
+    )
     p.add_argument(
         "--out", metavar="DIR", help="output folder (default: plots/ next to the front file)"
     )

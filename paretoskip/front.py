@@ -43,7 +43,7 @@ import numpy as np
 from ._version import __version__
 from .errors import ConfigError
 from .frontfile import SCHEMA_VERSION as FRONT_SCHEMA_VERSION
-from .frontfile import load_front, validate_front
+from .frontfile import load_front, replace_family, validate_front
 from .metrics import METRICS, Objective
 
 __all__ = [
@@ -160,9 +160,14 @@ class Front:
         empty when there are none."""
         return self.data.get("families", [])
 
-    def add_family(self, family: Mapping[str, Any]) -> None:
+    def add_family(self, family: Mapping[str, Any], *, force: bool = False) -> None:
         """Add a family of operating points (replacing one of the same name), validated
         against the front file schema (``$defs.family``) before anything changes.
+
+        A front extracted from a study attaches the family to the study as well
+        (:meth:`paretoskip.study.StudyDB.set_family`), so that the next extraction, the front
+        file and ``paretoskip plot`` keep it; a family made from other weights than the
+        study's model is then refused unless ``force``.
 
         Example:
             >>> front = Front({"schema_version": 1, "space": {"units": ["a"]},
@@ -183,8 +188,9 @@ class Front:
         fam = clean_json(dict(family))
         name = fam.get("name")
         validate_front({**self.data, "families": [fam]}, f"family {name!r}")
-        kept = [f for f in self.families if f.get("name") != name]
-        self.data["families"] = [*kept, fam]
+        if self.study is not None:
+            fam = self.study.set_family(fam, force=force)
+        self.data["families"] = replace_family(self.families, fam)
 
     def strict_members(self) -> list[dict[str, Any]]:
         return [m for m in self.members if m["strict"]]
@@ -323,6 +329,9 @@ class Front:
                 "computed_by": "moocore",
             },
         }
+        families = db.families()
+        if families:
+            data["families"] = families
         return cls(data, values, db)
 
     # -- files ---------------------------------------------------------------------------

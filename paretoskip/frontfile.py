@@ -35,7 +35,7 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -46,6 +46,8 @@ __all__ = [
     "SCHEMA_RESOURCE",
     "schema",
     "validate_front",
+    "validate_family",
+    "replace_family",
     "load_front",
     "metric_value",
 ]
@@ -164,6 +166,34 @@ def validate_front(front: Any, source: str = "<dict>") -> dict:
             f"front {source}: families {twice} appear more than once; each family needs its own name"
         )
     return front  # type: ignore[return-value]
+
+
+def validate_family(family: Any, source: str = "<dict>") -> dict:
+    """Check one family of operating points against the schema (``$defs.family``).
+
+    Example:
+        >>> validate_family({"name": "gated", "members": [{"metrics": {}}]})["name"]
+        'gated'
+        >>> validate_family({"name": "gated", "kind": "fast", "members": [{"metrics": {}}]})
+        Traceback (most recent call last):
+        ...
+        paretoskip.errors.ConfigError: front <dict>: kind is 'fast'; accepted: 'static', 'dynamic', 'dual'
+    """
+    if not isinstance(family, Mapping):
+        raise ConfigError(f"front {source}: a family must be a JSON object, not {_kind(family)}")
+    _check(family, schema()["$defs"]["family"], "", source)
+    return family  # type: ignore[return-value]
+
+
+def replace_family(families: Sequence[Mapping[str, Any]], family: Mapping[str, Any]) -> list:
+    """``families`` with ``family`` in the place of the one of its name, or appended."""
+    out = [dict(f) for f in families]
+    names = [f.get("name") for f in out]
+    if family["name"] in names:
+        out[names.index(family["name"])] = dict(family)
+    else:
+        out.append(dict(family))
+    return out
 
 
 def load_front(path: str | os.PathLike) -> dict:

@@ -109,11 +109,12 @@ TRIAL_ATTRS = (
     "test_accuracy",
 )
 _DIST = CategoricalDistribution((0, 1))
-_META, _REFERENCE, _METRIC_INFO, _TESTS = (
+_META, _REFERENCE, _METRIC_INFO, _TESTS, _FAMILIES = (
     "paretoskip:meta",
     "paretoskip:reference",
     "paretoskip:metrics",
     "paretoskip:test_accuracy",
+    "paretoskip:families",
 )
 #: What the spread of each metric is (recorded in ``paretoskip:metrics``).
 _SPREAD_MEANING = {
@@ -920,6 +921,53 @@ class StudyDB:
             return True
         log.debug("%s: this storage cannot annotate finished trials; kept in the study", key)
         return False
+
+    def families(self) -> list[dict[str, Any]]:
+        """The families of operating points attached to the study (per-input gated or
+        dual-mode sweeps of its model, see :func:`paretoskip.dynamic.dynamic_family`), in
+        the order they were attached.  Front extraction carries them into the front file."""
+        return [dict(f) for f in self._document(_FAMILIES, "paretoskip.families") or []]
+
+    def set_family(self, family: Mapping[str, Any], *, force: bool = False) -> dict[str, Any]:
+        """Attach a family of operating points (replacing one of the same name), validated
+        against the front file schema (``$defs.family``) first.
+
+        A family that records the weights it was made from (``provenance.weights_fingerprint``)
+        is refused when they are not the study's model (``force=True`` attaches it anyway):
+        its points would not describe this model.  Returns the stored (JSON-clean) family.
+        """
+        from .front import clean_json
+        from .frontfile import replace_family, validate_family
+
+        if not isinstance(family, Mapping):
+            raise ConfigError(f"a front family must be a mapping, not {type(family).__name__}")
+        fam = clean_json(dict(family))
+        validate_family(fam, f"family {fam.get('name')!r}")
+        theirs = (fam.get("provenance") or {}).get("weights_fingerprint")
+        ours = ((self.meta.get("provenance") or {}).get("model") or {}).get("fingerprint")
+        if theirs and ours and theirs != ours and not force:
+            raise ConfigError(
+                f"family {fam['name']!r} was made from other weights ({theirs[:12]}…) than the "
+                f"model of study {self.name!r} ({ours[:12]}…): its points do not describe this "
+                "model; pass force=True (--force) to attach it anyway"
+            )
+        self._store_families(replace_family(self.families(), fam))
+        return fam
+
+    def remove_family(self, name: str) -> bool:
+        """Detach the family ``name``; False when the study has none of that name."""
+        families = self.families()
+        kept = [f for f in families if f.get("name") != name]
+        if len(kept) == len(families):
+            return False
+        self._store_families(kept)
+        return True
+
+    def _store_families(self, families: list[dict[str, Any]]) -> None:
+        if self.schema_version >= 2:
+            self._set_system_attr(_FAMILIES, families)
+        else:
+            self.study.set_user_attr("paretoskip.families", families)
 
     def reference(self) -> dict[str, Any] | None:
         """The full model's evaluation (``{"mask", "metrics", ...}``), once recorded."""

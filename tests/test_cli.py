@@ -41,7 +41,18 @@ budget = {budget}
 pop_size = 8
 """
 BUDGET = 16
-COMMANDS = ("run", "train", "search", "front", "plot", "select", "export", "info", "worker")
+COMMANDS = (
+    "run",
+    "train",
+    "search",
+    "front",
+    "plot",
+    "family",
+    "select",
+    "export",
+    "info",
+    "worker",
+)
 
 
 def paretoskip(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

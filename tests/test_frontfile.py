@@ -149,15 +149,15 @@ def test_front_file_carries_families(written, tmp_path):
     assert front.families == []
     front.add_family(_family())
     front.add_family(_family("dual", kind="dual"))
-    front.add_family(_family())  # the same name replaces the family
-    assert [f["name"] for f in front.families] == ["dual", "layer-gated"]
+    front.add_family(_family())  # the same name replaces the family, in its place
+    assert [f["name"] for f in front.families] == ["layer-gated", "dual"]
     out, _ = front.save(tmp_path / "with-families.json")
     raw = json.loads(out.read_text())
     errors = sorted(_validator().iter_errors(raw), key=str)
     assert not errors, [e.message for e in errors]
     again = Front.load(out)
     assert again.families == front.families
-    gated = again.families[1]
+    gated = again.families[0]
     assert gated["cost_basis"] == "mean_per_input"
     assert [m["strict"] for m in gated["members"]] == [True, True, False]
     assert gated["members"][0]["metrics"]["flops"]["value"] == 2.0e6

@@ -211,6 +211,7 @@ def dynamic_family(
     kind: str = "dynamic",
     method: Mapping[str, Any] | None = None,
     sweep: str = "target",
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A sweep of a gated (or dual) model as a JSON-able front family.
 
@@ -224,6 +225,9 @@ def dynamic_family(
         kind: ``"dynamic"`` or ``"dual"`` (``"static"`` is the search's own front).
         method: how the points were made (gate style, mode, …), JSON-able.
         sweep: the name of the swept parameter.
+        provenance: where the points come from, JSON-able; ``weights_fingerprint`` (of the
+            backbone, :func:`paretoskip.checkpoint.weights_fingerprint`) lets a study refuse a
+            family made from other weights (:meth:`paretoskip.study.StudyDB.set_family`).
 
     Members are sorted by mean FLOPs; ``strict`` marks those non-dominated within the family
     on (validation accuracy, mean FLOPs).
@@ -306,4 +310,5 @@ def dynamic_family(
             {"name": "flops", "direction": "minimize", "unit": "FLOPs"},
         ],
         "members": members,
+        **({"provenance": dict(provenance)} if provenance else {}),
     }

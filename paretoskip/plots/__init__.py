@@ -100,7 +100,10 @@ def plot_study(
     formats: Sequence[str] = ("png", "pdf"),
 ) -> list[Path]:
     """Every figure of one study in ``out_dir``, file names starting with the study name:
-    ``<name>_<y>-vs-<x>``, ``<name>_hypervolume``, ``<name>_units``."""
+    ``<name>_<y>-vs-<x>``, ``<name>_hypervolume``, ``<name>_units``, and, when the front
+    carries families of operating points (per-input gated or dual-mode sweeps),
+    ``<name>_families`` (the static front and every family, accuracy against FLOPs) and
+    ``<name>_families-test`` (the same against test accuracy)."""
     from ..front import Front
 
     check_formats(formats)
@@ -111,6 +114,15 @@ def plot_study(
     paths = plot_pairs(db, front, out_dir, prefix=f"{name}_", formats=formats)
     paths += plot_hypervolume([db], out_dir / f"{name}_hypervolume", formats=formats)
     paths += plot_unit_frequency(front, out_dir / f"{name}_units", formats=formats)
+    if front.families:
+        y_axes = {"families": "accuracy", "families-test": "test_accuracy"}
+        for stem, y in y_axes.items():
+            x = "flops"
+            if y == "test_accuracy" and not any(
+                m.get("test_accuracy") is not None for m in front.members
+            ):
+                continue
+            paths += plot_fronts(front, out_dir / f"{name}_{stem}", x=x, y=y, formats=formats)
     return paths
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from ..front import Front
 
-__all__ = ["build_fronts", "plot_fronts"]
+__all__ = ["build_fronts", "plot_fronts", "family_points", "family_label"]
 
 
 def _front_label(front: Front, names: Sequence[str]) -> str:
@@ -56,6 +56,7 @@ def build_fronts(
     y: str = "accuracy",
     relative: bool = False,
     band: bool = True,
+    families: bool = True,
 ) -> Figure:
     """The figure of :func:`plot_fronts`."""
     from matplotlib.lines import Line2D
@@ -109,6 +110,7 @@ def build_fronts(
         ax = fig.add_subplot()
         handles: list[Any] = []
         leg: list[str] = []
+        n_families = 0
         # the labels: of all fronts together (relative: of a full model of 1)
         shown = {n: pool_axis(n, fronts, 1.0 if relative else math.nan) for n in (x, y)}
         for i, (f, label) in enumerate(zip(fronts, labels)):
@@ -193,6 +195,14 @@ def build_fronts(
                     zorder=5,
                 )
             leg.append(f"{label} ({len(s)})")
+            if families:
+                for fam in f.families:
+                    k = len(fronts) + n_families
+                    n_families += 1
+                    prefix = label if len(fronts) > 1 else None
+                    h, text = _draw_family(ax, fam, x, y, ax_x, ax_y, k, prefix=prefix)
+                    handles.append(h)
+                    leg.append(text)
         handles.append(
             Line2D(
                 [],
@@ -223,8 +233,92 @@ def build_fronts(
         ax.set_xlabel(shown[x].label.replace("full model", own))
         ax.set_ylabel(shown[y].label.replace("full model", own))
         set_title(ax, "Pareto fronts")
-        legend_below(fig, handles, leg, ncols=2)
+        # long entries (families say how their costs are counted) one per row: never cut off
+        legend_below(fig, handles, leg, ncols=1 if max(map(len, leg)) > 40 else 2)
     return fig
+
+
+def family_points(
+    members: Sequence[Mapping[str, Any]], x: str, y: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of a family's members and the spread of x (NaN where none), members lacking
+    either value left out.  Against ``test_accuracy`` a cost is the test split's mean
+    (``test_flops``) where the member has one: the two then describe the same inputs."""
+    rows, spreads = [], []
+    test = "test_accuracy" in (x, y)
+    for m in members:
+        vals, spread = [], math.nan
+        for name in (x, y):
+            tf = m.get("test_flops") if name == "flops" else None
+            if test and isinstance(tf, Mapping) and tf.get("mean") is not None:
+                vals.append(float(tf["mean"]))
+                spread = float(tf["std"]) if tf.get("std") is not None else math.nan
+                continue
+            vals.append(member_value(m, name))
+            entry = (m.get("metrics") or {}).get(name)
+            if name == x and isinstance(entry, Mapping) and entry.get("spread") is not None:
+                spread = float(entry["spread"])
+        rows.append(vals)
+        spreads.append(spread)
+    p = np.array(rows, dtype=float).reshape(-1, 2)
+    e = np.array(spreads, dtype=float)
+    keep = np.all(np.isfinite(p), axis=1)
+    order = np.argsort(p[keep, 0], kind="stable")
+    return p[keep][order], e[keep][order]
+
+
+def family_label(family: Mapping[str, Any], prefix: str | None = None) -> str:
+    """What a legend says for a family: its label, and how its costs are counted."""
+    text = str(family.get("label") or family.get("name") or "family")
+    notes = []
+    if family.get("cost_basis") == "mean_per_input":
+        notes.append("mean per input ± std")
+    if family.get("kind") == "dual":
+        notes.append("every input within its budget")
+    body = f"{text} ({'; '.join(notes)})" if notes else text
+    return f"{prefix}: {body}" if prefix else body
+
+
+def _draw_family(
+    ax: Any,
+    fam: Mapping[str, Any],
+    x: str,
+    y: str,
+    ax_x: Axis,
+    ax_y: Axis,
+    k: int,
+    prefix: str | None,
+) -> tuple[Any, str]:
+    from matplotlib.lines import Line2D
+
+    color = COLORS[k % len(COLORS)]
+    marker = MARKERS[k % len(MARKERS)]
+    ls = LINESTYLES[k % len(LINESTYLES)]
+    handle = Line2D([], [], color=color, ls=ls, marker=marker, markersize=5.5, mfc="white")
+    pts, spread = family_points(fam.get("members", ()), x, y)
+    label = family_label(fam, prefix)
+    if not len(pts):
+        return handle, f"{label}: no {x} / {y} values, not drawn"
+    px, py = ax_x.show(pts[:, 0]), ax_y.show(pts[:, 1])
+    ax.plot(px, py, color=color, ls=ls, lw=1.2, zorder=3)
+    ok = np.isfinite(spread)
+    if ok.any():  # the spread of the per-input cost, in the axis' own scale
+        lo = ax_x.show(pts[ok, 0] - spread[ok])
+        hi = ax_x.show(pts[ok, 0] + spread[ok])
+        ax.errorbar(
+            px[ok],
+            py[ok],
+            xerr=np.abs(np.vstack([px[ok] - lo, hi - px[ok]])),
+            fmt="none",
+            ecolor=color,
+            elinewidth=0.8,
+            capsize=2,
+            zorder=3,
+        )
+    ax.scatter(
+        px, py, s=34, marker=marker, facecolors="white", edgecolors=color, linewidths=1.4, zorder=4
+    )
+    return handle, f"{label} ({len(pts)})"
 
 
 def plot_fronts(
@@ -236,6 +330,7 @@ def plot_fronts(
     y: str = "accuracy",
     relative: bool = False,
     band: bool = True,
+    families: bool = True,
     formats: Sequence[str] = ("png", "pdf"),
 ) -> list[Path]:
     """Several fronts overlaid (e.g. a stochastic-depth model against a plainly trained one).
@@ -246,8 +341,14 @@ def plot_fronts(
     members are then joined in cost order rather than by a staircase: they were chosen on
     validation accuracy, and the test accuracy shows how much that choice overfit).  With
     ``relative=True`` every cost is shown in % of *that front's own* full model (for models
-    of different sizes); accuracy stays absolute.  Files are ``<out>.<format>``.
+    of different sizes); accuracy stays absolute.  The families a front carries (per-input
+    gated or dual-mode sweeps, :attr:`paretoskip.Front.families`) are drawn beside it, hollow
+    markers joined in cost order, with the spread of a mean-per-input cost as horizontal bars
+    and that basis said in the legend; ``families=False`` leaves them out.  Files are
+    ``<out>.<format>``.
     """
     check_formats(formats)
-    fig = build_fronts(fronts, labels=labels, x=x, y=y, relative=relative, band=band)
+    fig = build_fronts(
+        fronts, labels=labels, x=x, y=y, relative=relative, band=band, families=families
+    )
     return save_figure(fig, out, formats)
