@@ -68,8 +68,11 @@ def _load(study: str, val_size: int):
     return data, model, meta
 
 
-def exact_front(study: str, data, model, meta, db: Path, threads: int) -> dict[str, Any]:
-    """Every mask on validation, the front's test accuracies; returns the front document."""
+def exact_front(
+    study: str, data, model, meta, db: Path, threads: int, args: argparse.Namespace | None = None
+) -> dict[str, Any]:
+    """Every mask on validation (or, for a space larger than ``--exhaustive-max``, the
+    default engine with ``--budget`` distinct masks), the front's test accuracies."""
     settings = paretoskip.MeasureSettings(threads=threads, eval_batch=500)
     ev = paretoskip.Evaluator(
         model,
@@ -79,19 +82,35 @@ def exact_front(study: str, data, model, meta, db: Path, threads: int) -> dict[s
         model_fingerprint=meta["weights_fingerprint"],
     )
     t0 = time.perf_counter()
-    front = paretoskip.search(
-        ev,
-        objectives=["accuracy", "flops"],
-        engine="exhaustive",
-        budget=ev.space.size,
-        storage=str(db),
-        study_name=f"{study}-exhaustive",
-        # one prefix tree per 4,096 masks in lexicographic order: close to the minimum of
-        # block runs any exact prefix-sharing evaluation needs
-        engine_options={"batch": 4096},
-        progress=True,
-    )
-    return {"front": front, "evaluator": ev, "seconds": time.perf_counter() - t0}
+    limit = args.exhaustive_max if args is not None else 2**16
+    if ev.space.size <= limit:
+        search = {"engine": "exhaustive", "budget": ev.space.size, "exhaustive": True}
+        front = paretoskip.search(
+            ev,
+            objectives=["accuracy", "flops"],
+            engine="exhaustive",
+            budget=ev.space.size,
+            storage=str(db),
+            study_name=f"{study}-exhaustive",
+            # one prefix tree per 4,096 masks in lexicographic order: close to the minimum of
+            # block runs any exact prefix-sharing evaluation needs
+            engine_options={"batch": 4096},
+            progress=True,
+        )
+    else:
+        search = {"engine": args.engine, "budget": args.budget, "exhaustive": False, "seed": 0}
+        front = paretoskip.search(
+            ev,
+            objectives=["accuracy", "flops"],
+            engine=args.engine,
+            budget=args.budget,
+            storage=str(db),
+            study_name=f"{study}-{args.engine}-{args.budget}",
+            seed=0,
+            progress=True,
+        )
+    search["seconds"] = time.perf_counter() - t0  # test accuracies of the front included
+    return {"front": front, "evaluator": ev, "seconds": search["seconds"], "search": search}
 
 
 def resilience(ev, per_k: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -197,87 +216,111 @@ def analyse_pair(
     name: str, sd: str, plain: str, val_size: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     result: dict[str, Any] = {"studies": {"stochastic-depth": sd, "plain": plain}}
-    for label, study in (("stochastic-depth", sd), ("plain", plain)):
-        data, model, meta = _load(study, val_size)
-        log.info("%s: exact front of %s", name, study)
-        got = exact_front(study, data, model, meta, args.db, args.threads)
-        front, ev = got["front"], got["evaluator"]
-        ref = front.reference
-        full_test = ref["test_accuracy"]
-        members = front.strict_members()
-        full_flops = ref["metrics"]["flops"]["value"]
-        full_params = ref["metrics"]["params"]["value"]
-        rows = []
-        for drop in DROPS_PP:
-            ok = [m for m in members if m["test_accuracy"] >= full_test - drop / 100 - 1e-12]
-            best = min(ok, key=lambda m: (m["metrics"]["flops"]["value"], -m["test_accuracy"]))
-            row = {
-                "max_drop_pp": drop,
-                "mask": best["mask"],
-                "skipped": best["skipped"],
-                "val_accuracy": best["metrics"]["accuracy"]["value"],
-                "test_accuracy": best["test_accuracy"],
-                "test_drop_pp": 100 * (full_test - best["test_accuracy"]),
-                "flops_ratio": best["metrics"]["flops"]["value"] / full_flops,
-                "params_ratio": best["metrics"]["params"]["value"] / full_params,
-                "flops_reduction": full_flops / best["metrics"]["flops"]["value"],
-            }
-            if not args.no_latency:
-                with torch.inference_mode():
-                    torch.set_num_threads(args.threads)
-                    row["latency"] = {
-                        f"batch{b}": exported_latency(model, best["mask"], b, args.repeats)
-                        for b in (1, 64)
-                    }
-                    row["load_average_after"] = os.getloadavg()
-            rows.append(row)
-        energy = {}
-        if not args.no_energy:
-            energy["full"] = energy_per_image(model, "0" * ev.space.n_units)
-            for row in rows:
-                energy[row["mask"]] = energy_per_image(model, row["mask"])
-        log.info("%s: resilience of %s", name, study)
-        curve = resilience(ev, args.per_k)
-        result[label] = {
-            "checkpoint": {
-                "path": f"studies/checkpoints/{study}",
-                "weights_fingerprint": meta["weights_fingerprint"],
-                "training": {
-                    k: meta["training"].get(k)
-                    for k in ("recipe", "epochs", "p_last", "seed", "threads", "nesterov")
-                },
-                "train_seconds": meta.get("train_seconds"),
-            },
-            "full_model": {
-                "val_accuracy": ref["metrics"]["accuracy"]["value"],
-                "test_accuracy": full_test,
-                "flops": full_flops,
-                "params": full_params,
-            },
-            "space_size": ev.space.size,
-            "search_seconds": got["seconds"],
-            "front": {
-                "strict_members": len(members),
-                "band_members": len(front.members) - len(members),
-                "hypervolume": front.hypervolume,
-                "members": [
-                    {
-                        "mask": m["mask"],
-                        "val_accuracy": m["metrics"]["accuracy"]["value"],
-                        "test_accuracy": m["test_accuracy"],
-                        "flops": m["metrics"]["flops"]["value"],
-                    }
-                    for m in members
-                ],
-            },
-            "cheapest_within_drop": rows,
-            "resilience": curve,
-            "energy": energy,
+    sides = [("stochastic-depth", sd), ("plain", plain)]
+    if args.jobs > 1:  # one process per side (each with --threads), results as JSON
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(analyse_side, name, st, val_size, args) for _, st in sides]
+            for (label, _), fut in zip(sides, futures):
+                result[label] = fut.result()
+    else:
+        for label, study in sides:
+            result[label] = analyse_side(name, study, val_size, args)
+    return result | {"goal": _goal(result)}
+
+
+def analyse_side(name: str, study: str, val_size: int, args: argparse.Namespace) -> dict:
+    """The front, cheapest members within each drop, latency, energy and resilience of one
+    study of a pair."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+    data, model, meta = _load(study, val_size)
+    log.info("%s: front of %s", name, study)
+    got = exact_front(study, data, model, meta, args.db, args.threads, args)
+    front, ev = got["front"], got["evaluator"]
+    ref = front.reference
+    full_test = ref["test_accuracy"]
+    members = front.strict_members()
+    full_flops = ref["metrics"]["flops"]["value"]
+    full_params = ref["metrics"]["params"]["value"]
+    rows = []
+    for drop in DROPS_PP:
+        ok = [m for m in members if m["test_accuracy"] >= full_test - drop / 100 - 1e-12]
+        best = min(ok, key=lambda m: (m["metrics"]["flops"]["value"], -m["test_accuracy"]))
+        row = {
+            "max_drop_pp": drop,
+            "mask": best["mask"],
+            "skipped": best["skipped"],
+            "val_accuracy": best["metrics"]["accuracy"]["value"],
+            "test_accuracy": best["test_accuracy"],
+            "test_drop_pp": 100 * (full_test - best["test_accuracy"]),
+            "flops_ratio": best["metrics"]["flops"]["value"] / full_flops,
+            "params_ratio": best["metrics"]["params"]["value"] / full_params,
+            "flops_reduction": full_flops / best["metrics"]["flops"]["value"],
         }
+        if not args.no_latency:
+            with torch.inference_mode():
+                torch.set_num_threads(args.threads)
+                row["latency"] = {
+                    f"batch{b}": exported_latency(model, best["mask"], b, args.repeats)
+                    for b in (1, 64)
+                }
+                row["load_average_after"] = os.getloadavg()
+        rows.append(row)
+    energy = {}
+    if not args.no_energy:
+        energy["full"] = energy_per_image(model, "0" * ev.space.n_units)
+        for row in rows:
+            energy[row["mask"]] = energy_per_image(model, row["mask"])
+    log.info("%s: resilience of %s", name, study)
+    curve = resilience(ev, args.per_k)
+    return {
+        "checkpoint": {
+            "path": f"studies/checkpoints/{study}",
+            "weights_fingerprint": meta["weights_fingerprint"],
+            "training": {
+                k: meta["training"].get(k)
+                for k in ("recipe", "epochs", "p_last", "seed", "threads", "nesterov")
+            },
+            "train_seconds": meta.get("train_seconds"),
+        },
+        "full_model": {
+            "val_accuracy": ref["metrics"]["accuracy"]["value"],
+            "test_accuracy": full_test,
+            "flops": full_flops,
+            "params": full_params,
+        },
+        "space_size": ev.space.size,
+        "search": got["search"],
+        "search_seconds": got["seconds"],
+        "front": {
+            "strict_members": len(members),
+            "band_members": len(front.members) - len(members),
+            "hypervolume": front.hypervolume,
+            "members": [
+                {
+                    "mask": m["mask"],
+                    "val_accuracy": m["metrics"]["accuracy"]["value"],
+                    "test_accuracy": m["test_accuracy"],
+                    "flops": m["metrics"]["flops"]["value"],
+                }
+                for m in members
+            ],
+        },
+        "cheapest_within_drop": rows,
+        "resilience": curve,
+        "energy": energy,
+        "load_average_end": os.getloadavg(),
+    }
+
+
+def _goal(result: dict[str, Any]) -> dict[str, Any]:
     sd_r, pl_r = result["stochastic-depth"], result["plain"]
     one_pp = next(r for r in sd_r["cheapest_within_drop"] if r["max_drop_pp"] == 1.0)
     lat = one_pp.get("latency", {})
-    result["goal"] = {
+    return {
         "sd_flops_reduction_at_1pp": one_pp["flops_reduction"],
         "sd_latency_speedup_at_1pp": {b: v["speedup"] for b, v in lat.items()},
         "flops_goal_2x": one_pp["flops_reduction"] >= 2.0,
@@ -286,7 +329,6 @@ def analyse_pair(
         "hv_plain": pl_r["front"]["hypervolume"],
         "hv_sd_higher": sd_r["front"]["hypervolume"] > pl_r["front"]["hypervolume"],
     }
-    return result
 
 
 def figure(results: dict[str, Any], stem: Path) -> list[Path]:
@@ -374,6 +416,15 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, default=ROOT / "plots" / "headline")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--no-energy", action="store_true")
+    ap.add_argument(
+        "--exhaustive-max",
+        type=int,
+        default=2**16,
+        help="largest space evaluated exhaustively (default 2^16); larger ones are searched",
+    )
+    ap.add_argument("--engine", default="pymoo-nsga2", help="engine for a larger space")
+    ap.add_argument("--budget", type=int, default=400, help="distinct masks for a larger space")
+    ap.add_argument("--jobs", type=int, default=1, help="2: the two studies of a pair at once")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import optuna
@@ -400,6 +451,10 @@ def main() -> None:
                 ("threads", args.threads),
                 ("repeats", args.repeats),
                 ("per_k", args.per_k),
+                ("exhaustive_max", args.exhaustive_max),
+                ("engine", args.engine),
+                ("budget", args.budget),
+                ("jobs", args.jobs),
             )
         ),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
