@@ -413,6 +413,10 @@ def test_nan_energy_in_file(model, front, tmp_path):
 # --------------------------------------------------------------------------- zero-overhead switching
 
 
+#: bytes retained by 9,000 extra calls that still count as nothing retained (see below)
+LEAK_BOUND = 256
+
+
 def _memory_growth(fn, n=1000):
     """(retained, peak) bytes Python allocates while calling fn(k) for k < n, beyond the
     constant cost of the measuring loop itself (measured with a no-op)."""
@@ -443,10 +447,13 @@ def test_switching_does_not_allocate(model, front):
     params = [(p, p.data_ptr()) for p in list(model.parameters()) + list(model.buffers())]
 
     # Nothing retained, whether 1000 or 10000 switches; at most an iterator alive at a time.
+    # tracemalloc sees every thread: a background thread left by an earlier test (a database
+    # pool, a heartbeat) may allocate a few dozen bytes meanwhile.  LEAK_BOUND is far below
+    # what retaining anything per switch costs over 9,000 more switches (>= 16 bytes each).
     retained, peak = _memory_growth(lambda k: adaptive.apply(k % n))
     retained_10k, _ = _memory_growth(lambda k: adaptive.apply(k % n), n=10000)
     assert peak < 256, peak
-    assert retained_10k - retained <= 32, (retained, retained_10k)
+    assert retained_10k - retained <= LEAK_BOUND, (retained, retained_10k)
 
     # Control: a switch that builds a flag list per call, or goes through apply_mask, is
     # caught by the same measure.
@@ -466,7 +473,7 @@ def test_switching_does_not_allocate(model, front):
     retained_10k, _ = _memory_growth(
         lambda k: adaptive.select(flops=limits[k % len(limits)]), n=10000
     )
-    assert retained_10k - retained <= 32, (retained, retained_10k)
+    assert retained_10k - retained <= LEAK_BOUND, (retained, retained_10k)
 
     # No tensor was copied or replaced; the model is the caller's model.
     assert adaptive.model is model
