@@ -232,10 +232,14 @@ def _resume_command(args: argparse.Namespace, cfg) -> str:
     parts = ["paretoskip", "run"]
     if getattr(args, "study", None) is not None:
         parts.append(str(cfg.source))
-    for flag in ("storage", "budget", "engine", "seed", "device"):
+    for flag in ("storage", "budget", "engine", "seed", "device", "fidelity"):
         value = getattr(args, flag, None)
         if value is not None:
             parts += [f"--{flag}", str(value)]
+    for flag in ("screen_fraction", "screen_k"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            parts += [f"--{flag.replace('_', '-')}", str(value)]
     return " ".join(parts)
 
 
@@ -277,6 +281,9 @@ def _search_study(args: argparse.Namespace, *, plots: bool) -> int:
         storage=args.storage,
         seed=args.seed,
         device=args.device,
+        fidelity=args.fidelity,
+        screen_fraction=args.screen_fraction,
+        screen_k=args.screen_k,
     )
     cfg = pipe.cfg
     progress = not args.quiet
@@ -337,11 +344,20 @@ def _search_study(args: argparse.Namespace, *, plots: bool) -> int:
     _out()
     run = front.data["study"].get("run", {})
     evals = front.data["study"].get("distinct_masks")
+    if isinstance(evals, int):  # masks dropped after screening count in the budget too
+        evals += int(front.data["study"].get("screened_masks") or 0)
     _out(
         f"study       {cfg.name}: {evals} distinct masks of budget {front.data['study'].get('budget')} "
         f"({run.get('new_evaluations', 0)} evaluated now, {run.get('cache_hits', 0)} from the "
         f"cache) in {time.monotonic() - started:.0f} s; hypervolume {front.hypervolume:.4f}"
     )
+    if run.get("fidelity") == "multi":
+        _out(
+            f"fidelity    multi: {run.get('screened_out', 0)} candidates dropped after screening on "
+            f"{run.get('screen_images')} of {run.get('validation_images')} validation images, "
+            f"{run.get('promoted', 0)} finished on all; {run.get('image_evaluations', 0)} "
+            "image-evaluations this run"
+        )
     budget = front.data["study"].get("budget")
     if isinstance(evals, int) and isinstance(budget, int) and evals < budget:
         from .space import SkipSpace
@@ -1051,6 +1067,25 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="study database: a path (SQLite) or URL")
     p.add_argument("--seed", type=_nonneg_int, help="engine seed")
     p.add_argument("--out", help="front file (.json) or the folder for <name>.front.json")
+    p.add_argument(
+        "--fidelity",
+        choices=("full", "multi"),
+        help="multi: screen candidates on a stratified validation subset first and finish "
+        "only those not clearly dominated on the whole split (default: the study file's, full)",
+    )
+    p.add_argument(
+        "--screen-fraction",
+        type=float,
+        metavar="F",
+        help="share of the validation split candidates are screened on (fidelity multi; default 0.2)",
+    )
+    p.add_argument(
+        "--screen-k",
+        type=float,
+        metavar="K",
+        help="standard errors by which a screened candidate must fall short to be dropped "
+        "(fidelity multi; default 2)",
+    )
     _device_option(p)
 
 

@@ -46,7 +46,10 @@ Sections and keys (all optional unless marked *required*):
     ``budget`` (distinct masks, the full model included), ``timeout`` (seconds per call),
     ``objectives`` (default ``["accuracy", "flops"]``), ``constraints``
     (e.g. ``["accuracy >= 0.9", "flops <= 60%"]``), ``options`` (engine settings table,
-    e.g. ``pop_size = 24``), ``epsilon`` (per-objective width of the near-Pareto band).
+    e.g. ``pop_size = 24``), ``epsilon`` (per-objective width of the near-Pareto band),
+    ``fidelity`` (``"full"``, the default, or ``"multi"``: screen candidates on a stratified
+    validation subset first, see :func:`paretoskip.search`) with ``screen_fraction``
+    (default 0.2) and ``screen_k`` (default 2).
 ``[measure]``
     ``latency`` (bool), ``batch_size``, ``repeats``, ``warmup``, ``threads``, ``energy``
     (one of :data:`paretoskip.energy.ENERGY_BACKENDS`), ``energy_seconds``,
@@ -209,6 +212,9 @@ class SearchSection:
     constraints: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
     epsilon: dict[str, float] = field(default_factory=dict)
+    fidelity: str = "full"
+    screen_fraction: float | None = None
+    screen_k: float | None = None
 
 
 class MeasureSection(MeasureSettings):
@@ -259,7 +265,7 @@ class StudyConfig:
         """A copy with command-line overrides applied and validated.
 
         Accepted: ``budget``, ``engine``, ``timeout``, ``storage``, ``seed``, ``device``
-        (``measure.device``).  Changing the
+        (``measure.device``), ``fidelity``, ``screen_fraction``, ``screen_k``.  Changing the
         engine drops ``search.options`` (they belong to the engine named in the file).
         """
         study, search, measure = self.study, self.search, self.measure
@@ -295,11 +301,18 @@ class StudyConfig:
             elif key == "device":
                 _check_device(value, "measure.device", where)
                 measure = dataclasses.replace(measure, device=value.strip())
+            elif key == "fidelity":
+                search = dataclasses.replace(search, fidelity=value)
+                if value == "full":  # the file's screening settings do not apply
+                    search = dataclasses.replace(search, screen_fraction=None, screen_k=None)
+            elif key in ("screen_fraction", "screen_k"):
+                search = dataclasses.replace(search, **{key: value})
             else:
                 raise ConfigError(
                     f"cannot override {key!r}; accepted: budget, engine, timeout, storage, "
-                    "seed, device"
+                    "seed, device, fidelity, screen_fraction, screen_k"
                 )
+        _check_fidelity(search, study.seed, where)
         return dataclasses.replace(self, study=study, search=search, measure=measure)
 
 
@@ -371,6 +384,9 @@ _SCHEMA: dict[str, Any] = {
         "constraints": (_is_str_list, "a list of strings such as 'accuracy >= 0.9'"),
         "options": (lambda v: isinstance(v, dict), "a table"),
         "epsilon": (lambda v: isinstance(v, dict), "a table of numbers"),
+        "fidelity": (lambda v: isinstance(v, str), 'a string ("full" or "multi")'),
+        "screen_fraction": (_is_number, "a number in (0, 1)"),
+        "screen_k": (_is_number, "a number >= 0"),
     },
     "measure": {},  # filled from MeasureSettings below
 }
@@ -493,6 +509,24 @@ def _check_choice(value: str, accepted: Any, key: str, where: str, what: str = "
             f"{where}: {key}: unknown {what or key.rsplit('.', 1)[-1]} {value!r}; {hint}"
             f"accepted: {', '.join(accepted)}"
         )
+
+
+def _check_fidelity(search: SearchSection, seed: int, where: str) -> None:
+    """Refuse a bad ``search.fidelity`` / ``screen_*`` setting, naming the key."""
+    from .metrics import parse_objectives
+    from .search import make_fidelity
+
+    try:
+        fid = make_fidelity(
+            search.fidelity,
+            engine=search.engine,
+            screen_fraction=search.screen_fraction,
+            screen_k=search.screen_k,
+            seed=seed,
+        )
+        fid.check(parse_objectives(search.objectives))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: search: {exc}") from None
 
 
 def _check_int(value: Any, key: str, where: str, *, minimum: int) -> None:
@@ -701,6 +735,9 @@ def parse_study_config(
         constraints=tuple(se.get("constraints", ())),
         options=dict(se.get("options", {})),
         epsilon=dict(se.get("epsilon", {})),
+        fidelity=se.get("fidelity", "full"),
+        screen_fraction=se.get("screen_fraction"),
+        screen_k=se.get("screen_k"),
     )
     from .search import ENGINES, engine_spec, make_engine
 
@@ -747,6 +784,7 @@ def parse_study_config(
         raise ConfigError(
             f"{where}: search.options: bad settings for engine {search.engine!r}: {exc}"
         ) from None
+    _check_fidelity(search, seed, where)
 
     # [measure]
     from .energy import ENERGY_BACKENDS

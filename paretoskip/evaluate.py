@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -288,6 +289,8 @@ class Evaluator:
         #: reading of this evaluator (a :class:`paretoskip.energy.PowerReading`), or None
         self.idle_power = None
         self._prefix_cache: dict[tuple[str, tuple], list[torch.Tensor]] = {}
+        #: validation subsets for screening (:meth:`subset_evaluate_many`), by name
+        self._subsets: dict[str, Any] = {}
         self._chunk = self._chunk_size()
         self.hits = 0
         self.misses = 0
@@ -344,7 +347,7 @@ class Evaluator:
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Chunks of the split's labels and their activations after the stem and the locked
         prefix, its units in ``states`` (a locked unit may still depend on later bits)."""
-        part = getattr(self.data, split)
+        part = self._part(split)
         xs = list(torch.split(part.x, self._chunk))
         ys = [y.to(self.device) for y in torch.split(part.y, self._chunk)]
         if (split, states) in self._prefix_cache:
@@ -362,11 +365,16 @@ class Evaluator:
             self._prefix_cache[split, states] = out
         return out, ys
 
+    def _part(self, split: str) -> Any:
+        if split in self._subsets:
+            return self._subsets[split]
+        return getattr(self.data, split)
+
     def accuracy_many(
         self, masks: Sequence[Sequence[int] | str], split: str = "val"
     ) -> list[float]:
         """Top-1 accuracy of each mask on ``split``, computed as a prefix tree."""
-        if split not in ("val", "test"):
+        if split not in ("val", "test") and split not in self._subsets:
             raise ConfigError(f"split={split!r}; accepted: 'val' (searched) or 'test' (reported)")
         bits = [self.space.validate(m) for m in masks]
         distinct = sorted(set(bits))
@@ -385,7 +393,7 @@ class Evaluator:
                 for h0, y in zip(prefixes, ys):
                     self._walk(start, h0, idx, states, y, correct)
         apply_mask(self.model, saved)
-        n = len(getattr(self.data, split).y)
+        n = len(self._part(split).y)
         acc = {m: c / n for m, c in zip(distinct, correct)}
         return [acc[m] for m in bits]
 
@@ -430,11 +438,11 @@ class Evaluator:
         return self.accuracy_many(masks, split="test")
 
     # -- the rest ------------------------------------------------------------------------
-    def _accuracy_metric(self, acc: float) -> Metric:
-        n = len(self.data.val.y)
-        return Metric(
-            acc, "fraction", "measured:validation", math.sqrt(max(acc * (1 - acc), 0.0) / n)
-        )
+    def _accuracy_metric(
+        self, acc: float, n: int | None = None, source: str = "measured:validation"
+    ) -> Metric:
+        n = len(self.data.val.y) if n is None else n
+        return Metric(acc, "fraction", source, math.sqrt(max(acc * (1 - acc), 0.0) / n))
 
     def _measured(self, mask: Mask) -> dict[str, Metric]:
         out: dict[str, Metric] = {}
@@ -509,6 +517,80 @@ class Evaluator:
             )
             for key, metrics in self.cache.get_many(self.cache_key, list(bits)).items()
         }
+
+    # -- screening on a validation subset -------------------------------------------------
+    def validation_subset(self, fraction: float, seed: int = 0) -> np.ndarray:
+        """A stratified subset of the validation split: sorted positions in ``data.val``.
+
+        Each class keeps ``round(fraction × its count)`` images (at least one), drawn with
+        ``numpy.random.default_rng(seed)``: the same data, fraction and seed give the same
+        subset.
+        """
+        if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
+            raise ConfigError(f"screen_fraction={fraction!r}; accepted: a number in (0, 1)")
+        y = self.data.val.y.cpu().numpy()
+        rng = np.random.default_rng(seed)
+        out = []
+        for c in np.unique(y):
+            idx = np.flatnonzero(y == c)
+            take = max(1, int(round(fraction * len(idx))))
+            out.append(rng.permutation(idx)[:take])
+        return np.sort(np.concatenate(out)).astype(np.int64)
+
+    def subset_cache_key(self, indices: np.ndarray) -> CacheKey:
+        """The cache key of results on a validation subset: its data fingerprint is the
+        hash of the split's fingerprint and the subset's positions, never the split's own,
+        so a subset value can never be served as a full-split one."""
+        digest = hashlib.sha256(
+            (self.data.fingerprint + ":val-subset:" + ",".join(map(str, indices))).encode()
+        ).hexdigest()
+        return CacheKey(self.model_fingerprint, digest, self.settings_fingerprint)
+
+    def subset_evaluate_many(
+        self, masks: Iterable[Sequence[int] | str], indices: np.ndarray
+    ) -> list[Evaluation]:
+        """Accuracy on the validation images at ``indices`` (a low-fidelity value, its
+        source ``measured:validation-subset``) with the exact FLOPs and parameters; cached
+        under :meth:`subset_cache_key`.  Latency and energy are not measured."""
+        indices = np.asarray(indices, dtype=np.int64)
+        key = self.subset_cache_key(indices)
+        name = f"val-subset:{key.data_fp[:16]}"
+        if name not in self._subsets:
+            val = self.data.val
+            pos = torch.as_tensor(indices)
+            self._subsets[name] = type(val)(
+                val.x[pos], val.y[pos], np.asarray(val.indices)[indices]
+            )
+        bits = [self.space.validate(m) for m in masks]
+        keys = [self.space.to_bitstring(b) for b in bits]
+        found: dict[str, Evaluation] = {}
+        if self.cache is not None and keys:
+            for k, metrics in self.cache.get_many(key, list(dict.fromkeys(keys))).items():
+                found[k] = Evaluation(
+                    k,
+                    tuple(self.space.skipped_names(k)),
+                    {m: Metric.from_dict(v) for m, v in metrics.items()},
+                    cache_hit=True,
+                )
+        todo = [b for b in dict.fromkeys(bits) if self.space.to_bitstring(b) not in found]
+        if todo:
+            t0 = time.perf_counter()
+            accs = self.accuracy_many(todo, split=name)
+            share = (time.perf_counter() - t0) / len(todo)
+            for mask, acc in zip(todo, accs):
+                metrics = {
+                    "accuracy": self._accuracy_metric(
+                        acc, len(indices), "measured:validation-subset"
+                    ),
+                    **self._static(mask),
+                }
+                k = self.space.to_bitstring(mask)
+                if self.cache is not None:
+                    self.cache.put(key, k, {n: m.to_dict() for n, m in metrics.items()}, share)
+                found[k] = Evaluation(
+                    k, tuple(self.space.skipped_names(mask)), metrics, False, share
+                )
+        return [found[k] for k in keys]
 
     def evaluate(self, mask: Sequence[int] | str) -> Evaluation:
         """Evaluate one mask (see :meth:`evaluate_many`)."""

@@ -262,6 +262,9 @@ def search_kwargs(cfg: StudyConfig) -> dict[str, Any]:
         "seed": cfg.study.seed,
         "engine_options": dict(cfg.search.options),
         "epsilon": dict(cfg.search.epsilon) or None,
+        "fidelity": cfg.search.fidelity,
+        "screen_fraction": cfg.search.screen_fraction,
+        "screen_k": cfg.search.screen_k,
     }
 
 
@@ -398,6 +401,12 @@ class StudyPipeline:
             engine = cfg.search.engine
         if cfg.search.budget is None:
             raise ConfigError(f"{cfg.source}: give --budget or search.budget (the whole study's)")
+        if cfg.search.fidelity != "full":
+            raise ConfigError(
+                f"{cfg.source}: search.fidelity={cfg.search.fidelity!r}: workers evaluate every "
+                "candidate on the whole split; run a multi-fidelity study with `paretoskip run` "
+                '(one process), or set fidelity = "full" to share it among workers'
+            )
         evaluator = self.evaluator(train_if_missing=False, progress=progress)
         kwargs: dict[str, Any] = dict(
             storage=cfg.location,

@@ -13,7 +13,14 @@ attribute table and the ``optuna`` command line read well:
   ``params``, ``latency``, ...; null when it could not be measured, with
   ``<metric>.reason``), and ``<metric>.spread`` where the metric has one;
 * ``<metric>.unit`` / ``<metric>.source`` only where they differ from the study's (below);
-* ``test_accuracy`` on the trials of front members, once the front has been extracted.
+* ``test_accuracy`` on the trials of front members, once the front has been extracted;
+* ``fidelity`` and ``fidelity_images`` in a multi-fidelity search
+  (:mod:`paretoskip.search`, ``fidelity="multi"``): ``"full"`` for a trial measured on the
+  whole validation split, ``"subset"`` for a candidate dropped after screening on a
+  stratified subset of ``fidelity_images`` images.  A dropped candidate is a PRUNED trial
+  (no values; its low-fidelity accuracy and exact costs in its attributes), so it never
+  enters a front, here or in Optuna's own ``best_trials``.  A trial without ``fidelity``
+  was measured on the whole split.
 
 **Study attributes.**  The study's *user* attributes are a few readable lines (``paretoskip``,
 ``model``, ``dataset``, ``objectives``, ``constraints``, ``engine``, ``full_model``) that
@@ -107,6 +114,8 @@ TRIAL_ATTRS = (
     "cache_hit",
     "seconds",
     "test_accuracy",
+    "fidelity",
+    "fidelity_images",
 )
 _DIST = CategoricalDistribution((0, 1))
 _META, _REFERENCE, _METRIC_INFO, _TESTS, _FAMILIES = (
@@ -232,6 +241,10 @@ class TrialRecord:
     params_complete: bool
     datetime_start: Any = field(default=None, compare=False)
     test_accuracy: float | None = field(default=None, compare=False)
+    #: ``"full"`` (the whole validation split) or ``"subset"`` (screened out, see
+    #: :data:`TRIAL_ATTRS`), and the validation images its accuracy used (None: not recorded)
+    fidelity: str = field(default="full", compare=False)
+    fidelity_images: int | None = field(default=None, compare=False)
 
     @classmethod
     def from_trial(
@@ -294,12 +307,26 @@ class TrialRecord:
             params_complete=params_complete,
             datetime_start=datetime_start,
             test_accuracy=attrs.get("test_accuracy"),
+            fidelity=attrs.get("fidelity") or "full",
+            fidelity_images=attrs.get("fidelity_images"),
         )
 
     @property
     def completed(self) -> bool:
         """A COMPLETE trial with its mask: one evaluation of the study."""
         return self.state == TrialState.COMPLETE and self.mask is not None
+
+    @property
+    def screened(self) -> bool:
+        """A candidate dropped after screening on a validation subset (a PRUNED trial)."""
+        return self.state == TrialState.PRUNED and self.fidelity == "subset" and bool(self.mask)
+
+    def objective_values(self, objectives: Sequence[Objective]) -> tuple[float, ...]:
+        """The objective values: the trial's values, or for a screened trial the ones its
+        attributes hold (its accuracy a low-fidelity value)."""
+        if self.values is not None:
+            return tuple(self.values)
+        return tuple(float((self.metrics.get(o.name) or {}).get("value")) for o in objectives)
 
     def evaluation(self, space: SkipSpace) -> Evaluation:
         """The evaluation this trial recorded, as one the evaluator returns (a cache hit)."""
@@ -735,7 +762,12 @@ class StudyDB:
         return info
 
     def user_attrs_of(
-        self, ev: Evaluation, *, engine: str, generation: int | None
+        self,
+        ev: Evaluation,
+        *,
+        engine: str,
+        generation: int | None,
+        fidelity: tuple[str, int] | None = None,
     ) -> dict[str, Any]:
         """What a trial records besides its values (read back by :class:`TrialRecord`)."""
         info = self._ensure_metric_info(ev)
@@ -750,6 +782,8 @@ class StudyDB:
         }
         if generation is not None:
             attrs["generation"] = generation
+        if fidelity is not None:
+            attrs["fidelity"], attrs["fidelity_images"] = fidelity[0], int(fidelity[1])
         return attrs
 
     def frozen_trial(
@@ -759,13 +793,24 @@ class StudyDB:
         *,
         engine: str,
         generation: int | None = None,
+        fidelity: tuple[str, int] | None = None,
     ) -> FrozenTrial:
-        """A COMPLETE trial of an evaluation, not yet added (``study.add_trials`` takes many)."""
+        """A COMPLETE trial of an evaluation, not yet added (``study.add_trials`` takes many);
+        a PRUNED one without values for a screened candidate (``fidelity[0] == "subset"``)."""
+        attrs = self.user_attrs_of(ev, engine=engine, generation=generation, fidelity=fidelity)
+        if fidelity is not None and fidelity[0] == "subset":
+            return optuna.trial.create_trial(
+                params=self.params_of(ev.mask),
+                distributions=self.distributions(),
+                user_attrs=attrs,
+                constraints=self.constraint_values(ev, reference) or None,
+                state=TrialState.PRUNED,
+            )
         return optuna.trial.create_trial(
             params=self.params_of(ev.mask),
             distributions=self.distributions(),
             values=self.values_of(ev),
-            user_attrs=self.user_attrs_of(ev, engine=engine, generation=generation),
+            user_attrs=attrs,
             constraints=self.constraint_values(ev, reference) or None,
         )
 
@@ -776,9 +821,12 @@ class StudyDB:
         *,
         engine: str,
         generation: int | None = None,
+        fidelity: tuple[str, int] | None = None,
     ) -> FrozenTrial | None:
         """Add one finished evaluation as a COMPLETE trial (engines that are not Optuna samplers).
 
+        ``fidelity``: ``("full", images)`` or ``("subset", images)`` in a multi-fidelity
+        search (recorded as the trial's ``fidelity`` attributes; a subset trial is PRUNED).
         The full model is recorded once: an engine that proposes it again (its structured
         start, say) gets no second trial (None is returned).
         """
@@ -787,7 +835,9 @@ class StudyDB:
             if engine != "reference" and self._has_reference_trial():
                 return None
             self._reference_trial = True
-        trial = self.frozen_trial(ev, reference, engine=engine, generation=generation)
+        trial = self.frozen_trial(
+            ev, reference, engine=engine, generation=generation, fidelity=fidelity
+        )
         self.study.add_trial(trial)
         return trial
 

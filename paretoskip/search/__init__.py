@@ -46,7 +46,7 @@ from ._base import (
     register_engine,
     structured_masks,
 )
-from ._context import SearchContext
+from ._context import FIDELITIES, Fidelity, SearchContext
 
 # the engine families, in the order ENGINES lists them (each module registers its names)
 from . import _pymoo, _optuna, _exhaustive, _greedy, _surrogate  # noqa: E402, F401, I001  isort: skip
@@ -66,6 +66,9 @@ __all__ = [
     "make_engine",
     "check_options",
     "SearchContext",
+    "Fidelity",
+    "FIDELITIES",
+    "make_fidelity",
     "structured_masks",
     "EXHAUSTIVE_LIMIT",
 ]
@@ -164,6 +167,7 @@ def run_engine(
     timeout: float | None = None,
     progress: bool = True,
     coordination: Any = None,
+    fidelity: Fidelity | None = None,
 ) -> SearchContext:
     """Run ``engine`` on an open study until it holds ``budget`` distinct masks (or time
     runs out); returns the finished context (its :meth:`~SearchContext.summary`)."""
@@ -175,6 +179,7 @@ def run_engine(
         timeout=timeout,
         progress=progress,
         coordination=coordination,
+        fidelity=fidelity,
     )
     try:
         engine.run(ctx)
@@ -195,6 +200,36 @@ def clamp_budget(budget: int, space: Any) -> int:
         )
         return int(space.size)
     return budget
+
+
+def make_fidelity(
+    fidelity: str = "full",
+    *,
+    engine: str,
+    screen_fraction: float | None = None,
+    screen_k: float | None = None,
+    seed: int = 0,
+) -> Fidelity:
+    """The :class:`Fidelity` of a search, checked against its engine: Optuna samplers
+    (engines several workers can share) evaluate on the whole split only."""
+    if fidelity not in FIDELITIES:
+        raise ConfigError(f"fidelity={fidelity!r}; accepted: {', '.join(map(repr, FIDELITIES))}")
+    if fidelity == "full" and (screen_fraction is not None or screen_k is not None):
+        raise ConfigError(
+            f"screen_fraction and screen_k apply to fidelity='multi' only; fidelity={fidelity!r}"
+        )
+    if fidelity == "multi" and engine_spec(engine).shareable:
+        multi = [n for n in ENGINES if not engine_spec(n).shareable]
+        raise ConfigError(
+            f"fidelity='multi' is not supported by engine {engine!r} (an Optuna sampler, "
+            f"told by workers on the whole split); accepted engines: {', '.join(multi)}"
+        )
+    opts: dict[str, Any] = {"screen_seed": seed}
+    if screen_fraction is not None:
+        opts["screen_fraction"] = screen_fraction
+    if screen_k is not None:
+        opts["screen_k"] = screen_k
+    return Fidelity(fidelity, **opts)
 
 
 def check_run_limits(budget: int | None, timeout: float | None) -> None:
@@ -221,6 +256,9 @@ def search(
     engine_options: Mapping[str, Any] | None = None,
     epsilon: Mapping[str, float] | None = None,
     progress: bool = True,
+    fidelity: str = "full",
+    screen_fraction: float | None = None,
+    screen_k: float | None = None,
 ) -> Front:
     """Search for the Pareto front of skip masks and return it.
 
@@ -242,12 +280,27 @@ def search(
         epsilon: per-objective width of the near-Pareto band (default: each point's own
             measurement spread).
         progress: show a progress bar (evaluations, cache hits, hypervolume).
+        fidelity: ``"full"`` (default: every candidate on the whole validation split) or
+            ``"multi"``: each new candidate is first evaluated on a stratified subset of
+            the validation split (``screen_fraction`` of each class, default 0.2, drawn
+            with ``seed``); one whose subset accuracy is below that of a full-split point
+            of no higher cost by more than ``screen_k`` (default 2) standard errors of the
+            difference is dropped (recorded as a PRUNED trial with ``fidelity="subset"``,
+            never a front member), the rest are evaluated on the whole split as without
+            screening.  Needs accuracy and exactly counted costs (FLOPs, parameters) as
+            the objectives, and an engine that is not an Optuna sampler.  The run summary
+            (``front.data["study"]["run"]``) counts ``image_evaluations`` (validation
+            images × masks measured) either way.
     """
     from ..coordination import Coordination, StudyLease, StudyLock
     from ..storage import StorageLocation
 
     eng = make_engine(engine, seed, **dict(engine_options or {}))
     check_run_limits(budget, timeout)
+    fid = make_fidelity(
+        fidelity, engine=engine, screen_fraction=screen_fraction, screen_k=screen_k, seed=seed
+    )
+    fid.check(parse_objectives(objectives))
     budget = clamp_budget(budget or eng.default_budget or evaluator.space.size, evaluator.space)
     study_name = study_name or _default_name(evaluator)
     location = StorageLocation.parse(storage, study_name).prepare()
@@ -284,6 +337,7 @@ def search(
                 timeout=timeout,
                 progress=progress,
                 coordination=coord,
+                fidelity=fid,
             )
         finally:
             if lock is not None:
@@ -292,4 +346,7 @@ def search(
         db, epsilon=epsilon, evaluator=evaluator, budget=budget, engine=eng.name, seed=seed
     )
     front.data["study"]["run"] = ctx.summary()
+    if fid.multi:
+        # candidates dropped after screening: in the study (PRUNED trials), never in a front
+        front.data["study"]["screened_masks"] = len(ctx.screened)
     return front

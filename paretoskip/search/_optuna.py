@@ -254,6 +254,7 @@ class OptunaEngine(Engine):
             for t in trials:
                 study.tell(t, state=TrialState.FAIL)
             raise
+        ctx.count_images(evs)
         results = {**known, **{ev.mask: ev for ev in evs}}
         told: set[str] = set()
         dups = []

@@ -160,15 +160,16 @@ class PymooEngine(Engine):
 
 
 def _generations(ctx: SearchContext, engine: str) -> list[list[Any]]:
-    """The study's COMPLETE trials of ``engine``, one list per generation, in order.
+    """The study's COMPLETE trials of ``engine`` (and its candidates dropped after
+    screening, with their low-fidelity values), one list per generation, in order.
 
     The full model is recorded once, as the study's reference trial; the first generation
     (whose structured start always proposes it) gets it back.
     """
     by_gen: dict[int, list[Any]] = {}
     reference = None
-    for r in ctx.db.records():
-        if r.mask is None or r.values is None:
+    for r in ctx.db.records(states=None):
+        if r.mask is None or not (r.completed and r.values is not None or r.screened):
             continue
         if r.engine == "reference":
             reference = r
@@ -191,7 +192,12 @@ def _replay(ctx: SearchContext, algo: Any, history: list[list[Any]]) -> int:
         seen: set[str] = set()
         rows = [r for r in records if not (r.mask in seen or seen.add(r.mask))]
         X = np.array([ctx.space.genes_from_mask(r.mask) for r in rows], dtype=bool)
-        F = np.array([[o.sign * v for o, v in zip(ctx.objectives, r.values)] for r in rows])
+        F = np.array(
+            [
+                [o.sign * v for o, v in zip(ctx.objectives, r.objective_values(ctx.objectives))]
+                for r in rows
+            ]
+        )
         pop = Population.new("X", X, "F", F.astype(float))
         if ctx.constraints:
             G = [[float(r.constraints.get(c.key, 0.0)) for c in ctx.constraints] for r in rows]

@@ -1,0 +1,172 @@
+"""Multi-fidelity evaluation: image-evaluations and final hypervolume with and without it.
+
+The same search (engine, seed, budget) of a real-data study runs twice per seed, once with
+``fidelity="full"`` and once with ``fidelity="multi"`` (interleaved, each with a fresh
+evaluation cache and an in-memory study, so neither gets the other's results).  For each it
+records the image-evaluations of the search (validation images × masks measured; the full
+model's reference evaluation, the same in both, is not included), the hypervolume of the
+final front (full-split trials only, the front file's normalisation), the front's strict
+members, CPU seconds and the load average.  Every accuracy of a multi-fidelity front member
+is checked against a plain full-split evaluation (``Evaluator.naive_accuracy``).
+
+    python benchmarks/multi_fidelity.py [--study studies/digits-resnet20.toml]
+        [--seeds 0,1,2] [--budget N] [--screen-fraction 0.2] [--screen-k 2]
+        [--out benchmarks/results/multi_fidelity.json]
+
+The study's checkpoint must exist (``paretoskip train STUDY`` makes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import torch
+
+import paretoskip
+from paretoskip.cache import EvalCache
+from paretoskip.config import load_study_config
+from paretoskip.pipeline import StudyPipeline
+
+HERE = Path(__file__).parent
+
+
+def _load() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def run_one(pipe: StudyPipeline, *, fidelity: str, seed: int, budget: int, args, tmp: str):
+    cfg = pipe.cfg
+    ev = pipe.evaluator(train_if_missing=False, progress=False)
+    ev.cache = EvalCache(f"sqlite:///{tmp}/cache-{fidelity}-{seed}-{time.time_ns()}.db")
+    extra = {}
+    if fidelity == "multi":
+        extra = {"screen_fraction": args.screen_fraction, "screen_k": args.screen_k}
+    load0, c0, w0 = _load(), time.process_time(), time.perf_counter()
+    front = paretoskip.search(
+        ev,
+        objectives=tuple(cfg.search.objectives),
+        constraints=tuple(cfg.search.constraints),
+        engine=cfg.search.engine,
+        engine_options=dict(cfg.search.options),
+        budget=budget,
+        seed=seed,
+        storage=":memory:",
+        study_name=f"{cfg.name}-{fidelity}-{seed}",
+        progress=False,
+        fidelity=fidelity,
+        **extra,
+    )
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    run = front.data["study"]["run"]
+    members = front.strict_members()
+    checked = mismatches = 0
+    if fidelity == "multi":
+        for m in members:
+            checked += 1
+            if ev.naive_accuracy(m["mask"]) != m["metrics"]["accuracy"]["value"]:
+                mismatches += 1
+    return {
+        "fidelity": fidelity,
+        "seed": seed,
+        "budget": budget,
+        "image_evaluations": run["image_evaluations"],
+        "hypervolume": front.hypervolume,
+        "strict_front": sorted(m["mask"] for m in members),
+        "front_accuracy_checked": checked,
+        "front_accuracy_mismatches": mismatches,
+        "run": run,
+        "cpu_seconds": cpu,
+        "wall_seconds": wall,
+        "loadavg_before": load0,
+        "loadavg_after": _load(),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--study", default="studies/digits-resnet20.toml")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--budget", type=int, default=None, help="default: the study's")
+    p.add_argument("--screen-fraction", type=float, default=0.2)
+    p.add_argument("--screen-k", type=float, default=2.0)
+    p.add_argument("--out", default=str(HERE / "results" / "multi_fidelity.json"))
+    args = p.parse_args()
+    logging.getLogger("paretoskip").setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    cfg = load_study_config(args.study)
+    pipe = StudyPipeline(cfg)
+    if pipe.needs_training():
+        raise SystemExit(f"no checkpoint for {args.study}: run `paretoskip train {args.study}`")
+    budget = args.budget or cfg.search.budget or 200
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            for fidelity in ("full", "multi"):
+                r = run_one(pipe, fidelity=fidelity, seed=seed, budget=budget, args=args, tmp=tmp)
+                runs.append(r)
+                print(
+                    f"seed {seed} {fidelity:5s}: {r['image_evaluations']:8d} image-evaluations, "
+                    f"HV {r['hypervolume']:.5f}, {len(r['strict_front'])} strict members, "
+                    f"cpu {r['cpu_seconds']:.1f} s, load {r['loadavg_after']}",
+                    flush=True,
+                )
+    pairs = []
+    for seed in seeds:
+        full = next(r for r in runs if r["seed"] == seed and r["fidelity"] == "full")
+        multi = next(r for r in runs if r["seed"] == seed and r["fidelity"] == "multi")
+        pairs.append(
+            {
+                "seed": seed,
+                "image_evaluation_ratio": full["image_evaluations"] / multi["image_evaluations"],
+                "hypervolume_ratio": multi["hypervolume"] / full["hypervolume"],
+                "same_strict_front": full["strict_front"] == multi["strict_front"],
+                "cpu_ratio": full["cpu_seconds"] / multi["cpu_seconds"],
+            }
+        )
+    ev = pipe.evaluator(train_if_missing=False, progress=False)
+    result = {
+        "study": args.study,
+        "engine": cfg.search.engine,
+        "engine_options": dict(cfg.search.options),
+        "objectives": list(cfg.search.objectives),
+        "budget": budget,
+        "seeds": seeds,
+        "validation_images": len(ev.data.val.y),
+        "screen_fraction": args.screen_fraction,
+        "screen_k": args.screen_k,
+        "image_evaluation": "validation images x masks measured (cache hits cost none); the "
+        "full model's reference evaluation, the same in both modes, is not included",
+        "pairs": pairs,
+        "summary": {
+            "image_evaluation_ratio_mean": statistics.mean(
+                q["image_evaluation_ratio"] for q in pairs
+            ),
+            "image_evaluation_ratio_min": min(q["image_evaluation_ratio"] for q in pairs),
+            "hypervolume_ratio_mean": statistics.mean(q["hypervolume_ratio"] for q in pairs),
+            "hypervolume_ratio_min": min(q["hypervolume_ratio"] for q in pairs),
+            "same_strict_front": sum(q["same_strict_front"] for q in pairs),
+            "front_accuracy_mismatches": sum(r["front_accuracy_mismatches"] for r in runs),
+        },
+        "runs": runs,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["summary"], indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
