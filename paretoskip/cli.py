@@ -198,7 +198,7 @@ def _load_front(arg: str):
             raise ConfigError(f"study database {path} does not exist")
         from .study import StudyDB
 
-        return Front.from_study(StudyDB.load(path)), str(path), None
+        return Front.from_study(StudyDB.read(path)), str(path), None
     pipe = _pipeline(arg, check_files=False)
     return pipe.front(), str(pipe.cfg.source), pipe
 

@@ -49,7 +49,7 @@ from .measure import (
     synchronize,
     torch_threads,
 )
-from .models import apply_mask, get_mask, model_parts
+from .models import SkippableUnit, apply_mask, get_mask, model_parts
 from .progress import progress_bar
 from .space import Mask, SkipSpace
 
@@ -279,6 +279,16 @@ class Evaluator:
         self.costs: CostTable = count_costs(model)
         self._parts = model_parts(model)
         self._units = [u for _, u in self._parts.units]
+        #: per unit: skipped, it returns its input unchanged (an identity shortcut and a
+        #: ReLU, on the output of a block that ends in a ReLU); _walk then passes it on
+        self._skip_passes = [
+            k > 0
+            and getattr(self._units[k - 1], "output_nonnegative", False)
+            and isinstance(u, SkippableUnit)
+            and type(u).run_state is SkippableUnit.run_state  # the state is the skip bit
+            and u.skip_passes_nonnegative()
+            for k, u in enumerate(self._units)
+        ]
         self._energy = None
         if self.settings.energy != "none":
             from .energy import make_device_energy_meter
@@ -415,7 +425,9 @@ class Evaluator:
             *others, last = sorted(groups, key=repr)  # False (run) before True (skip)
             for state in others:
                 self._walk(k + 1, units[k].run_state(h, state), groups[state], states, y, correct)
-            h, idx = units[k].run_state(h, last), groups[last]
+            if not (last and self._skip_passes[k]):
+                h = units[k].run_state(h, last)
+            idx = groups[last]
             k += 1
         hits = int((self._parts.head(h).argmax(1) == y).sum())
         for i in idx:

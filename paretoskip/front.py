@@ -225,6 +225,11 @@ class Front:
         accuracy of every member (and of the full model) that lacks one is measured and
         stored in the study and on the members' trials.
         """
+        if evaluator is not None and getattr(db, "read_only", False):
+            raise ConfigError(
+                f"study {db.name!r} was opened read-only (StudyDB.read); open it with "
+                "StudyDB.load to measure and record test accuracies"
+            )
         objectives = db.objectives
         table = db.objective_table(use_sql=use_sql)
         # the first feasible trial of each mask

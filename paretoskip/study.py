@@ -89,6 +89,7 @@ __all__ = [
     "StudyDB",
     "TrialRecord",
     "ObjectiveTable",
+    "StudySnapshot",
     "SCHEMA_VERSION",
     "READABLE_SCHEMA_VERSIONS",
     "TRIAL_ATTRS",
@@ -490,25 +491,29 @@ class StudyDB:
         if location.file is not None and not location.exists():
             raise ConfigError(f"no study database at {location.file}")
         store = location.open_optuna()
-        names = _study_names(store)
         where = location.redacted
-        if study_name is None:
-            if len(names) != 1:
-                raise ConfigError(f"{where} holds {len(names)} studies ({names}); name one")
-            study_name = names[0]
-        if study_name not in names:
-            raise ConfigError(f"no study {study_name!r} in {where}; it holds: {names}")
+        study_name = _choose_study(_study_names(store), study_name, where)
         study = optuna.load_study(study_name=study_name, storage=store)
-        meta = _stored_meta(study, store)
-        if meta is None:
-            raise ConfigError(f"study {study_name!r} in {where} was not made by paretoskip")
-        version = meta.get("schema_version", 1)
-        if version not in READABLE_SCHEMA_VERSIONS:
-            raise ConfigError(
-                f"study {study_name!r} in {where} has study schema {version!r}; this paretoskip "
-                f"reads schemas {', '.join(map(str, READABLE_SCHEMA_VERSIONS))} (upgrade paretoskip)"
-            )
+        meta = _check_readable(_stored_meta(study, store), study_name, where)
         return cls(study, location, meta, store)
+
+    @classmethod
+    def read(
+        cls, storage: str | os.PathLike | StorageLocation, study_name: str | None = None
+    ) -> StudyDB | StudySnapshot:
+        """Open an existing study for extracting its front, as fast as the storage allows.
+
+        An SQLite file whose tables are of a layout this paretoskip knows is read as a
+        :class:`StudySnapshot` (the standard library's ``sqlite3``, read-only: no Optuna
+        storage, SQLAlchemy or alembic); anything else is
+        :meth:`load`-ed.  Both give the same front.
+        """
+        location = StorageLocation.parse(storage, study_name or "")
+        if location.kind == "sqlite" and location.exists():
+            snapshot = StudySnapshot.open(location, study_name)
+            if snapshot is not None:
+                return snapshot
+        return cls.load(location, study_name)
 
     # -- reading trials ------------------------------------------------------------------
     def trials(
@@ -573,6 +578,16 @@ class StudyDB:
         import sqlalchemy as sa
         from optuna.storages._rdb import models
 
+        engine = self.storage.engine
+        if engine.dialect.name == "sqlite":
+            with engine.connect() as conn:
+                cursor = conn.connection.dbapi_connection.cursor()
+                try:
+                    return _sqlite_objective_table(
+                        cursor, self.study._study_id, self.objectives, self.schema_version
+                    )
+                finally:
+                    cursor.close()
         objectives = self.objectives
         k = len(objectives)
         trials = models.TrialModel.__table__
@@ -611,7 +626,6 @@ class StudyDB:
                 sattrs.c.key.like("constraints%"),
             ),
         )
-        engine = self.storage.engine
         # literal values (the study id, attribute keys) and the driver's own cursor: no
         # per-row SQLAlchemy processing of the ~10 rows per trial
         sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
@@ -1037,6 +1051,280 @@ class StudyDB:
             for k, m in ev.metrics.items()
         )
         self.study.set_user_attr("full_model", values)
+
+
+def _choose_study(names: Sequence[str], study_name: str | None, where: str) -> str:
+    """The study to read: the one named, or the only one there is."""
+    if study_name is None:
+        if len(names) != 1:
+            raise ConfigError(f"{where} holds {len(names)} studies ({list(names)}); name one")
+        return names[0]
+    if study_name not in names:
+        raise ConfigError(f"no study {study_name!r} in {where}; it holds: {list(names)}")
+    return study_name
+
+
+def _check_readable(meta: Any, study_name: str, where: str) -> dict[str, Any]:
+    """A study's paretoskip meta, checked to be one this paretoskip reads."""
+    if meta is None:
+        raise ConfigError(f"study {study_name!r} in {where} was not made by paretoskip")
+    version = meta.get("schema_version", 1)
+    if version not in READABLE_SCHEMA_VERSIONS:
+        raise ConfigError(
+            f"study {study_name!r} in {where} has study schema {version!r}; this paretoskip "
+            f"reads schemas {', '.join(map(str, READABLE_SCHEMA_VERSIONS))} (upgrade paretoskip)"
+        )
+    return meta
+
+
+def _sqlite_objective_table(
+    cursor: Any, study_id: int, objectives: Sequence[Objective], schema_version: int
+) -> ObjectiveTable:
+    """The objective table of a study in an SQLite file: one query, one row per COMPLETE
+    trial (each value, spread, the mask and the constraint values picked by the tables'
+    (trial_id, key) indexes), on an sqlite3 cursor."""
+    k = len(objectives)
+
+    def user(key: str) -> str:
+        return (
+            "(SELECT value_json FROM trial_user_attributes u "
+            f"WHERE u.trial_id = t.trial_id AND u.key = {_sql_text(key)})"
+        )
+
+    cols = ["t.trial_id", "t.number", user("mask")]
+    cols.append(user("metrics") if schema_version == 1 else "NULL")
+    for j, o in enumerate(objectives):
+        # 9e999 is SQLite's infinity (Optuna stores ±inf as NULL and a value type)
+        cols.append(
+            "(SELECT CASE value_type WHEN 'INF_POS' THEN 9e999 WHEN 'INF_NEG' THEN -9e999 "
+            f"ELSE value END FROM trial_values v WHERE v.trial_id = t.trial_id AND v.objective = {j})"
+        )
+        cols.append(user(f"{o.name}.spread"))
+    cols.append(
+        "(SELECT group_concat(value_json, char(10)) FROM trial_system_attributes s "
+        "WHERE s.trial_id = t.trial_id AND s.key LIKE 'constraints%')"
+    )
+    sql = (
+        f"SELECT {', '.join(cols)} FROM trials t WHERE t.study_id = {int(study_id)} "
+        f"AND t.state = '{TrialState.COMPLETE.name}' ORDER BY t.number"
+    )
+    cursor.execute(sql)
+    every = cursor.fetchall()
+    rows = [r for r in every if r[2] is not None]  # (a trial without a mask is not an evaluation)
+    cols = list(zip(*rows)) or [()] * (5 + 2 * k)
+    masks = [m[1:-1] if m.startswith('"') and "\\" not in m else json.loads(m) for m in cols[2]]
+    values = np.array(
+        [[math.nan if v is None else v for v in cols[4 + 2 * j]] for j in range(k)], dtype=float
+    )
+    spreads = np.array(
+        [[math.nan if s is None else _json_number(s) for s in cols[5 + 2 * j]] for j in range(k)],
+        dtype=float,
+    )
+    if schema_version == 1:  # the spreads are in the one attribute ``metrics``
+        for i, text in enumerate(cols[3]):
+            if text is not None:
+                metrics = json.loads(text)
+                for j, o in enumerate(objectives):
+                    if math.isnan(spreads[j, i]):
+                        spreads[j, i] = _spread_of(metrics.get(o.name))
+    n = len(rows)
+    return ObjectiveTable(
+        trial_ids=np.array(cols[0], dtype=np.int64),
+        numbers=np.array(cols[1], dtype=np.int64),
+        masks=masks,
+        values=values.T.reshape(n, k),
+        spreads=spreads.T.reshape(n, k),
+        feasible=np.array([_feasible_text(c) for c in cols[-1]], dtype=bool),
+        n_trials=len(every),
+    )
+
+
+def _feasible_text(text: str | None) -> bool:
+    """Whether every constraint value (JSON, one per line; Optuna's old form: a list) is ≤ 0."""
+    if text is None or (text[0] == "-" and "\n" not in text):  # one value, ≤ 0
+        return True
+    for line in text.split("\n"):
+        if line.startswith("["):
+            if any(float(c) > 0 for c in json.loads(line)):
+                return False
+        elif _json_number(line) > 0:
+            return False
+    return True
+
+
+def _sql_text(text: str) -> str:
+    """An SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+#: Optuna table layouts (alembic revisions) that :class:`StudySnapshot` reads; a file of
+#: any other layout is opened through Optuna (:meth:`StudyDB.load`), which checks it.
+SNAPSHOT_TABLE_VERSIONS = ("v3.2.0.a",)
+
+
+class StudySnapshot:
+    """A read-only view of a paretoskip study in an SQLite file, for front extraction.
+
+    Opened with the standard library's ``sqlite3`` in read-only mode; each read is one
+    SQL statement (its own read transaction, so a search writing beside it is never held
+    up, and COMPLETE trials do not change); it reads what
+    :meth:`paretoskip.front.Front.from_study` needs (meta, reference, test accuracies,
+    :meth:`objective_table`, :meth:`records_by_id`) and writes nothing.  Made by
+    :meth:`StudyDB.read`.
+    """
+
+    #: it writes nothing (:meth:`paretoskip.front.Front.from_study` measures no test accuracy)
+    read_only = True
+
+    def __init__(self, conn: Any, location: StorageLocation, name: str, study_id: int) -> None:
+        self._conn = conn
+        self.location = location
+        self.name = name
+        self._study_id = study_id
+        self._system = self._attrs("study_system_attributes")
+        self._user: dict[str, Any] | None = None
+        self.meta = _check_readable(self._stored_meta(), name, location.redacted)
+        self._space = SkipSpace.from_dict(self.meta["space"])
+
+    @classmethod
+    def open(cls, location: StorageLocation, study_name: str | None = None) -> StudySnapshot | None:
+        """The snapshot, or None when the file is not one it reads (its tables' layout is
+        not in :data:`SNAPSHOT_TABLE_VERSIONS`, or it is not an SQLite database)."""
+        import sqlite3
+        from urllib.parse import quote
+
+        uri = f"file:{quote(str(location.file.resolve()))}?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+        except sqlite3.Error:
+            return None
+        try:
+            version = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+            if [v for (v,) in version] not in ([v] for v in SNAPSHOT_TABLE_VERSIONS):
+                conn.close()
+                return None
+            names = dict(conn.execute("SELECT study_name, study_id FROM studies ORDER BY study_id"))
+        except sqlite3.Error:
+            conn.close()
+            return None
+        try:
+            name = _choose_study(list(names), study_name, location.redacted)
+            return cls(conn, location, name, names[name])
+        except BaseException:
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _attrs(self, table: str) -> dict[str, Any]:
+        rows = self._conn.execute(
+            f"SELECT key, value_json FROM {table} WHERE study_id = ?", (self._study_id,)
+        )
+        return {key: json.loads(value) for key, value in rows}
+
+    def _stored_meta(self) -> Any:
+        meta = self._system.get(_META)
+        if meta is None:
+            old = self._user_attrs().get("paretoskip")
+            meta = old if isinstance(old, dict) else None
+        return meta
+
+    def _user_attrs(self) -> dict[str, Any]:
+        if self._user is None:
+            self._user = self._attrs("study_user_attributes")
+        return self._user
+
+    def _document(self, key: str, old_key: str) -> Any:
+        value = self._system.get(key)
+        return value if value is not None else self._user_attrs().get(old_key)
+
+    # -- what StudyDB offers for reading ---------------------------------------------------
+    space = StudyDB.space
+    objectives = StudyDB.objectives
+    constraints = StudyDB.constraints
+    schema_version = StudyDB.schema_version
+
+    def metric_info(self) -> dict[str, dict[str, Any]]:
+        return dict(self._system.get(_METRIC_INFO) or {})
+
+    def reference(self) -> dict[str, Any] | None:
+        return self._document(_REFERENCE, "paretoskip.reference")
+
+    def reference_values(self) -> dict[str, float]:
+        ref = self.reference()
+        return {k: m["value"] for k, m in ref["metrics"].items()} if ref else {}
+
+    def test_accuracies(self) -> dict[str, float]:
+        return dict(self._document(_TESTS, "paretoskip.test_accuracy") or {})
+
+    def set_test_accuracies(self, *_args: Any, **_kwargs: Any) -> None:
+        raise ConfigError(
+            f"study {self.name!r} in {self.location.redacted} was opened read-only "
+            "(StudyDB.read); open it with StudyDB.load to record test accuracies"
+        )
+
+    def objective_table(self, *, use_sql: bool = True) -> ObjectiveTable:
+        """As :meth:`StudyDB.objective_table` (always by SQL: there are no Optuna trials here)."""
+        cursor = self._conn.cursor()
+        try:
+            return _sqlite_objective_table(
+                cursor, self._study_id, self.objectives, self.schema_version
+            )
+        finally:
+            cursor.close()
+
+    def records_by_id(self, ids: Iterable[int]) -> dict[int, TrialRecord]:
+        """As :meth:`StudyDB.records_by_id`."""
+        ids = [int(i) for i in ids]
+        attrs: dict[int, dict[str, Any]] = {i: {} for i in ids}
+        constraints: dict[int, dict[str, float]] = {i: {} for i in ids}
+        vals: dict[int, dict[int, float]] = {i: {} for i in ids}
+        numbers: dict[int, int] = {}
+        inf = {"INF_POS": math.inf, "INF_NEG": -math.inf}
+        for lo in range(0, len(ids), 500):
+            chunk = ids[lo : lo + 500]
+            marks = ", ".join("?" * len(chunk))
+            ex = self._conn.execute
+            for tid, number in ex(
+                f"SELECT trial_id, number FROM trials WHERE trial_id IN ({marks})", chunk
+            ):
+                numbers[tid] = number
+            for tid, key, value in ex(
+                "SELECT trial_id, key, value_json FROM trial_user_attributes "
+                f"WHERE trial_id IN ({marks})",
+                chunk,
+            ):
+                attrs[tid][key] = json.loads(value)
+            for tid, key, value in ex(
+                "SELECT trial_id, key, value_json FROM trial_system_attributes "
+                f"WHERE trial_id IN ({marks}) AND key LIKE 'constraints%'",
+                chunk,
+            ):
+                constraints[tid][key] = json.loads(value)
+            for tid, obj, value, kind in ex(
+                "SELECT trial_id, objective, value, value_type FROM trial_values "
+                f"WHERE trial_id IN ({marks})",
+                chunk,
+            ):
+                vals[tid][obj] = inf.get(kind, value)
+        from optuna.trial._frozen import _get_constraints_from_system_attrs
+
+        info, space, out = self.metric_info(), self.space, {}
+        for tid in ids:
+            a = attrs[tid]
+            out[tid] = TrialRecord.from_attrs(
+                a,
+                number=numbers.get(tid, -1),
+                trial_id=tid,
+                state=TrialState.COMPLETE,
+                mask=a.get("mask"),
+                values=tuple(vals[tid][j] for j in sorted(vals[tid])) or None,
+                constraints=_get_constraints_from_system_attrs(constraints[tid]),
+                metric_info=info,
+                params_complete=space is not None,
+            )
+        return out
 
 
 def _json_number(text: str) -> float:

@@ -35,6 +35,30 @@ def test_prefix_tree_equals_naive(digits, tiny_model):
     assert ev.test_accuracy(masks[:3]) == [ev.naive_accuracy(m, "test") for m in masks[:3]]
 
 
+def test_skipped_identity_block_passes_its_input_bit_identically(digits, tiny_model):
+    """A skipped identity block after a ReLU-ended block is passed over without its ReLU:
+    only where its output is bit-identical, and the tree's accuracies stay the naive ones."""
+    from paretoskip.models import model_parts
+
+    ev = Evaluator(tiny_model, digits)
+    parts = model_parts(tiny_model)
+    units = [u for _, u in parts.units]
+    passes = ev._skip_passes
+    assert not passes[0]  # the stem's output is not known to be non-negative
+    assert any(passes) and not all(passes)
+    for k, u in enumerate(units):  # downsampling blocks pad or project: they never pass
+        assert passes[k] == (k > 0 and isinstance(u.shortcut, torch.nn.Identity))
+    with torch.inference_mode():
+        h = parts.stem(digits.val.x[:64])
+        for k, u in enumerate(units):
+            skipped = u.run_state(h, True)
+            if passes[k]:
+                assert torch.equal(skipped, h) and (h >= 0).all()
+            h = u.run_state(h, False)
+    masks = clustered(9, 3, 4, seed=3) + [[1] * 9, [0, 1, 1, 1, 0, 1, 1, 0, 1]]
+    assert ev.accuracy_many(masks) == [ev.naive_accuracy(m) for m in masks]
+
+
 def test_locked_prefix_and_groups_equal_naive(digits, tiny_model):
     space = SkipSpace.from_model(
         tiny_model, locked=["layer1.0", "layer1.1"], groups=[["layer3.0", "layer3.1"]]

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution
 
-from paretoskip.errors import StudyMismatchError
+from paretoskip.errors import ConfigError, StudyMismatchError
 from paretoskip.evaluate import Evaluation, Metric
 from paretoskip.front import Front, nondominated
 from paretoskip.study import StudyDB
@@ -288,3 +288,77 @@ def test_a_schema_1_study_is_still_read(tmp_path):
     with pytest.raises(StudyMismatchError, match="older paretoskip .*schema 1"):
         StudyDB.open(str(path), "old", meta=meta())
     assert len(StudyDB.load(str(path)).trials()) == n
+
+
+def test_read_only_snapshot_gives_the_same_front(tmp_path):
+    """StudyDB.read (sqlite3, no Optuna storage) against the Optuna-object path, on a study
+    with repeated masks, infeasible, failed and running trials and trials without a mask."""
+    from paretoskip.study import StudySnapshot
+
+    path = str(tmp_path / "s.db")
+    evs = synthetic(600, seed=5)
+    db = StudyDB.open(path, "mixed", meta=meta(constraints=["flops <= 0.75 * full"]))
+    fill(db, evs, FULL)
+    dist = db.distributions()
+    params = db.params_of(evs[3].mask)
+    db.study.add_trials(
+        [
+            optuna.trial.create_trial(
+                params=params, distributions=dist, state=optuna.trial.TrialState.FAIL
+            ),
+            optuna.trial.create_trial(
+                params=params, distributions=dist, state=optuna.trial.TrialState.RUNNING
+            ),
+            # COMPLETE but not an evaluation of this space (no mask): counted, never a member
+            optuna.trial.create_trial(
+                params={"x": 1},
+                distributions={"x": CategoricalDistribution((0, 1))},
+                values=[1.0, 0.0],
+            ),
+        ]
+    )
+    snap = StudyDB.read(path)
+    assert isinstance(snap, StudySnapshot)
+    assert len({ev.mask for ev in evs}) < len(evs)  # repeated masks
+    a, b, c = snap.objective_table(), db.objective_table(), db.objective_table(use_sql=False)
+    assert a.n_trials == b.n_trials == c.n_trials == 602
+    for t in (a, b):
+        assert t.masks == c.masks
+        for name in ("trial_ids", "numbers", "feasible", "values"):
+            assert np.array_equal(getattr(t, name), getattr(c, name)), name
+        assert np.array_equal(t.spreads, c.spreads, equal_nan=True)
+    assert 0 < a.feasible.sum() < len(a.masks)
+    slow = Front.from_study(db, use_sql=False)
+    for other in (Front.from_study(snap), Front.from_study(StudyDB.load(path))):
+        assert other.members == slow.members
+        for key in ("evaluations", "distinct_masks", "feasible", "storage", "name"):
+            assert other.data["study"][key] == slow.data["study"][key], key
+        assert other.hypervolume == slow.hypervolume
+        assert other.reference == slow.reference
+    assert any(not m["strict"] for m in slow.members)
+    with pytest.raises(ConfigError, match="read-only"):
+        Front.from_study(snap, evaluator=KnownTestAccuracies())
+
+
+def test_read_falls_back_to_optuna_for_other_files(tmp_path):
+    """A table layout the snapshot does not know, a schema 1 study and a missing study."""
+    import sqlite3
+
+    from paretoskip.study import StudySnapshot
+
+    path = tmp_path / "old.db"
+    evs = synthetic(200, seed=6)
+    write_schema_1_study(path, evs, constraints=["flops <= 0.8 * full"])
+    snap = StudyDB.read(str(path))
+    assert isinstance(snap, StudySnapshot) and snap.schema_version == 1
+    exact = {"accuracy": 0.0, "flops": 0.0}
+    slow = Front.from_study(StudyDB.load(str(path)), epsilon=exact, use_sql=False)
+    assert Front.from_study(snap, epsilon=exact).members == slow.members
+    assert snap.objective_table().feasible.sum() < len(snap.objective_table().masks)
+    with pytest.raises(ConfigError, match="no study 'nope'"):
+        StudyDB.read(str(path), "nope")
+    snap.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'v9.9.9.x'")
+    with pytest.raises(Exception, match="v9.9.9.x|optuna|schema"):
+        StudyDB.read(str(path))  # Optuna's own check speaks for a layout it does not know

@@ -58,8 +58,13 @@ class BasicBlock(SkippableUnit, nn.Module):
         self.stochastic_depth = StochasticDepth(drop_prob, mode="row")
         self.skip = False
 
+    output_nonnegative = True
+
     def shortcut_forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.shortcut(x))
+
+    def skip_passes_nonnegative(self) -> bool:
+        return isinstance(self.shortcut, nn.Identity)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.skip:

@@ -38,9 +38,17 @@ class SkippableUnit:
     """
 
     skip: bool = False
+    #: the block's output is ≥ 0 in every state (it ends in a ReLU)
+    output_nonnegative: bool = False
 
     def shortcut_forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def skip_passes_nonnegative(self) -> bool:
+        """Whether :meth:`shortcut_forward` returns a non-negative input unchanged (an
+        identity shortcut followed by a ReLU): the evaluator then passes such an input on
+        without running the ReLU (bit-identical)."""
+        return False
 
     def run(self, x: torch.Tensor, skip: bool) -> torch.Tensor:
         """Run the block with the given skip decision, without changing its flag."""

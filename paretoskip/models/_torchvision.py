@@ -35,9 +35,14 @@ TORCHVISION_RESNETS = (
 class _SkippableTV(SkippableUnit):
     """Skip behaviour for torchvision's residual blocks (both end in ``relu(out + identity)``)."""
 
+    output_nonnegative = True
+
     def shortcut_forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)  # type: ignore[attr-defined]
         return F.relu(identity)
+
+    def skip_passes_nonnegative(self) -> bool:
+        return self.downsample is None  # type: ignore[attr-defined]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.skip:
