@@ -1258,6 +1258,10 @@ class StudySnapshot:
     def test_accuracies(self) -> dict[str, float]:
         return dict(self._document(_TESTS, "paretoskip.test_accuracy") or {})
 
+    def families(self) -> list[dict[str, Any]]:
+        """The families of operating points attached to the study (see StudyDB.families)."""
+        return [dict(f) for f in self._document(_FAMILIES, "paretoskip.families") or []]
+
     def set_test_accuracies(self, *_args: Any, **_kwargs: Any) -> None:
         raise ConfigError(
             f"study {self.name!r} in {self.location.redacted} was opened read-only "
