@@ -727,23 +727,7 @@ class StudyDB:
                     sa.select(v.c.trial_id, v.c.objective, v.c.value).where(v.c.trial_id.in_(chunk))
                 ):
                     vals[tid][obj] = value
-        from optuna.trial._frozen import _get_constraints_from_system_attrs
-
-        info, space, out = self.metric_info(), self.space, {}
-        for tid in ids:
-            a = attrs[tid]
-            out[tid] = TrialRecord.from_attrs(
-                a,
-                number=numbers.get(tid, -1),
-                trial_id=tid,
-                state=TrialState.COMPLETE,
-                mask=a.get("mask"),
-                values=tuple(vals[tid][j] for j in sorted(vals[tid])) or None,
-                constraints=_get_constraints_from_system_attrs(system[tid]),
-                metric_info=info,
-                params_complete=space is not None,
-            )
-        return out
+        return _complete_records(ids, attrs, numbers, vals, system, self.metric_info(), self.space)
 
     # -- writing trials ------------------------------------------------------------------
     def params_of(self, mask: str) -> dict[str, int]:
@@ -1162,6 +1146,35 @@ def _sql_text(text: str) -> str:
 SNAPSHOT_TABLE_VERSIONS = ("v3.2.0.a",)
 
 
+def _complete_records(
+    ids: Iterable[int],
+    attrs: Mapping[int, Mapping[str, Any]],
+    numbers: Mapping[int, int],
+    vals: Mapping[int, Mapping[int, float]],
+    system: Mapping[int, Mapping[str, Any]],
+    info: Mapping[str, Any],
+    space: Any,
+) -> dict[int, TrialRecord]:
+    """COMPLETE trials' records from their rows (user and system attributes, numbers,
+    objective values by index), as both SQL readers decode them."""
+    from optuna.trial._frozen import _get_constraints_from_system_attrs
+
+    return {
+        tid: TrialRecord.from_attrs(
+            attrs[tid],
+            number=numbers.get(tid, -1),
+            trial_id=tid,
+            state=TrialState.COMPLETE,
+            mask=attrs[tid].get("mask"),
+            values=tuple(vals[tid][j] for j in sorted(vals[tid])) or None,
+            constraints=_get_constraints_from_system_attrs(system[tid]),
+            metric_info=info,
+            params_complete=space is not None,
+        )
+        for tid in ids
+    }
+
+
 class StudySnapshot:
     """A read-only view of a paretoskip study in an SQLite file, for front extraction.
 
@@ -1248,19 +1261,11 @@ class StudySnapshot:
     def metric_info(self) -> dict[str, dict[str, Any]]:
         return dict(self._system.get(_METRIC_INFO) or {})
 
-    def reference(self) -> dict[str, Any] | None:
-        return self._document(_REFERENCE, "paretoskip.reference")
-
-    def reference_values(self) -> dict[str, float]:
-        ref = self.reference()
-        return {k: m["value"] for k, m in ref["metrics"].items()} if ref else {}
-
-    def test_accuracies(self) -> dict[str, float]:
-        return dict(self._document(_TESTS, "paretoskip.test_accuracy") or {})
-
-    def families(self) -> list[dict[str, Any]]:
-        """The families of operating points attached to the study (see StudyDB.families)."""
-        return [dict(f) for f in self._document(_FAMILIES, "paretoskip.families") or []]
+    # (each reads the study's documents through _document only)
+    reference = StudyDB.reference
+    reference_values = StudyDB.reference_values
+    test_accuracies = StudyDB.test_accuracies
+    families = StudyDB.families
 
     def set_test_accuracies(self, *_args: Any, **_kwargs: Any) -> None:
         raise ConfigError(
@@ -1312,23 +1317,9 @@ class StudySnapshot:
                 chunk,
             ):
                 vals[tid][obj] = inf.get(kind, value)
-        from optuna.trial._frozen import _get_constraints_from_system_attrs
-
-        info, space, out = self.metric_info(), self.space, {}
-        for tid in ids:
-            a = attrs[tid]
-            out[tid] = TrialRecord.from_attrs(
-                a,
-                number=numbers.get(tid, -1),
-                trial_id=tid,
-                state=TrialState.COMPLETE,
-                mask=a.get("mask"),
-                values=tuple(vals[tid][j] for j in sorted(vals[tid])) or None,
-                constraints=_get_constraints_from_system_attrs(constraints[tid]),
-                metric_info=info,
-                params_complete=space is not None,
-            )
-        return out
+        return _complete_records(
+            ids, attrs, numbers, vals, constraints, self.metric_info(), self.space
+        )
 
 
 def _json_number(text: str) -> float:
