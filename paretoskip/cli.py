@@ -150,6 +150,24 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _key_value(text: str) -> tuple[str, Any]:
+    """An argparse type: ``KEY=VALUE``; the value is read as TOML (``0.5``, ``true``, ``"x"``),
+    a bare word as a string."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10 (a dependency there)
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: give KEY=VALUE, e.g. alpha=0.5")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key.strip(), parsed
+
+
 # --------------------------------------------------------------------------- resolving inputs
 
 
@@ -448,10 +466,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         def data_loader():
             return load_data(section)
 
-    for key in ("recipe", "epochs", "batch_size", "lr", "seed", "p_last", "device"):
+    for key in ("recipe", "epochs", "batch_size", "lr", "seed", "p_last", "device", "threads"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
+    if args.recipe_option:
+        settings["recipe_options"] = {**settings.get("recipe_options", {}), **dict(args.recipe_option)}
     try:
         result = train_checkpoint(
             model_name,
@@ -1150,7 +1170,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="architecture, e.g. resnet20 (see `paretoskip info`)")
     p.add_argument("--data", help="dataset: digits, fashion-mnist, cifar10, cifar100, imagefolder")
     p.add_argument("--data-root", help="where the dataset files are")
-    p.add_argument("--recipe", choices=("stochastic-depth", "plain"))
+    p.add_argument(
+        "--recipe", help="stochastic-depth (default), plain, adn, or another registered recipe"
+    )
+    p.add_argument(
+        "--recipe-option",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a recipe option, e.g. alpha=0.5 or temperature=2 for adn (repeatable)",
+    )
+    p.add_argument("--threads", type=_positive_int, help="torch threads (recorded)")
     p.add_argument("--epochs", type=_nonneg_int)
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--lr", type=_positive_float, help="peak learning rate")

@@ -270,6 +270,27 @@ def test_plot_command_overlays_studies(in_done, capsys):
     assert "tiny_vs_tiny-random-fronts.png" in names
 
 
+def test_train_command_adn_recipe_and_options(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    base = ["train", "--data", "digits", "--epochs", "1", "--limit", "300", "-q", "--out", "ck/a"]
+    assert main([*base, "--model", "resnet20", "--recipe", "adn"]) == 2
+    assert "resnet20-adn" in capsys.readouterr().err  # names the accepted models
+    assert main([*base, "--model", "resnet20-adn", "--recipe", "nope"]) == 2
+    assert "'nope'" in (err := capsys.readouterr().err) and "adn" in err
+    bad = [*base, "--model", "resnet20-adn", "--recipe", "adn", "--recipe-option", "alpha=1.5"]
+    assert main(bad) == 2
+    assert "alpha=1.5" in (err := capsys.readouterr().err) and "[0, 1]" in err
+    with pytest.raises(SystemExit) as exc:  # an argparse usage error
+        main([*base, "--model", "resnet20-adn", "--recipe-option", "alpha"])
+    assert exc.value.code == 2 and "KEY=VALUE" in capsys.readouterr().err
+    opts = ["--recipe-option", "alpha=0.7", "--recipe-option", "temperature=2", "--threads", "1"]
+    assert main([*base, "--model", "resnet20-adn", "--recipe", "adn", *opts]) == 0
+    meta = json.loads((tmp_path / "ck/a.json").read_text())
+    assert meta["recipe"] == "adn" and meta["training"]["threads"] == 1
+    assert meta["training"]["recipe_options"]["alpha"] == 0.7
+    assert meta["training"]["recipe_options"]["temperature"] == 2
+
+
 def test_train_command(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = ["train", "--model", "resnet20", "--data", "digits", "--epochs", "1", "--limit", "300"]
