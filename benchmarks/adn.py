@@ -1,24 +1,29 @@
 """Adaptive Depth Networks against stochastic depth and plain training on Fashion-MNIST.
 
 Same data, split, epochs and optimiser settings for the three recipes (``plain``,
-``stochastic-depth``, ``adn``); the checkpoints are the shipped studies' own
-(``studies/checkpoints/fashion-mnist-resnet{20,32}[-plain|-adn]``).  For each depth:
+``stochastic-depth``, ``adn``); the checkpoints are the shipped studies' own:
+``studies/checkpoints/fashion-mnist-resnet20[-plain|-adn]`` (the whole of Fashion-MNIST) and
+``studies/checkpoints/fashion-mnist-20k-resnet32[-plain|-adn]`` (its 20,000-image stratified
+subset, which a 2-core machine trains in about an hour per recipe).  For each depth:
 
 * the paper-style table: every stage-tied ADN configuration (2^3) with its FLOPs, parameters,
   validation and test accuracy, and the measured latency ratio of the exported configuration
   (``export_configuration``, torch.export) against the exported full model, batch 1 and 64,
   interleaved;
-* the fronts of all three overlaid (plain and stochastic depth: every mask of the full space;
-  ADN: its stage-tied space and the finer space, every skippable block on its own), searched
-  on validation, test accuracy shown; their hypervolumes;
+* the fronts of all three overlaid (plain and stochastic depth: every mask of the full space,
+  or for a space larger than ``--exhaustive-max`` the ``--engine`` with ``--budget`` distinct
+  masks; ADN: its stage-tied space and the finer space, every skippable block on its own,
+  both enumerated), searched on validation, test accuracy shown; their hypervolumes;
 * the training cost of each recipe from its checkpoint (seconds, seconds per epoch, forward/
   backward passes per step).
 
     python benchmarks/adn.py [--depths 20,32] [--threads 1] [--repeats 30]
+        [--exhaustive-max 4096] [--engine pymoo-nsga2] [--budget 400] [--sides plain,...]
 
-Evaluations are cached in ``benchmarks/results/headline.db`` (shared with
-``benchmarks/headline.py``, whose plain/SD fronts it reuses).  Writes
-``benchmarks/results/adn.json`` and ``plots/adn.{png,pdf}``.
+A depth given replaces that depth's entry in the JSON; the others are kept.  Evaluations are
+cached in ``benchmarks/results/headline.db`` (shared with ``benchmarks/headline.py``), so
+``--sides plain`` and ``--sides stochastic-depth`` run in two processes at once fill the cache
+for a full run.  Writes ``benchmarks/results/adn.json`` and ``plots/adn.{png,pdf}``.
 """
 
 from __future__ import annotations
@@ -34,54 +39,42 @@ from typing import Any
 
 import torch
 
-import paretoskip
-from paretoskip.checkpoint import load_checkpoint
-from paretoskip.data import load_dataset
 from paretoskip.models._adn import adn_space
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from headline import exported_latency  # noqa: E402  (one latency protocol for both benchmarks)
+from headline import _load as load_study_checkpoint  # noqa: E402  (one protocol for both)
+from headline import exact_front, exported_latency  # noqa: E402
 
 ROOT = HERE.parent
-VAL_SIZE = {20: 6000, 32: 2000}
+#: depth → (study name of the stochastic-depth model, validation images, data limit); the
+#: plain and ADN twins are ``<name>-plain`` and ``<name>-adn``
+STUDIES: dict[int, tuple[str, int, int | None]] = {
+    20: ("fashion-mnist-resnet20", 6000, None),
+    32: ("fashion-mnist-20k-resnet32", 2000, 20000),
+}
+SIDES = ("plain", "stochastic-depth", "adn (stage-tied)", "adn (finer)")
 log = logging.getLogger("adn")
 
 
 def _front(study: str, space_kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    data = load_dataset("fashion-mnist", seed=0, val_size=VAL_SIZE[args.depth])
-    model, meta = load_checkpoint(ROOT / "studies" / "checkpoints" / study)
-    if meta.get("dataset_fingerprint") != data.fingerprint:
-        raise SystemExit(f"{study}: trained on another split than the benchmark's")
+    _, val_size, limit = STUDIES[args.depth]
+    data, model, meta = load_study_checkpoint(study, val_size, limit)
     space = None
     if space_kind in ("tied", "finer"):
         space = adn_space(model, tied=space_kind == "tied")
-    ev = paretoskip.Evaluator(
-        model,
+    got = exact_front(
+        study,
         data,
+        model,
+        meta,
+        args.db,
+        args.threads,
+        args,
         space=space,
-        settings=paretoskip.MeasureSettings(threads=args.threads, eval_batch=500),
-        cache=str(args.db),
-        model_fingerprint=meta["weights_fingerprint"],
+        suffix="" if space_kind == "full" else space_kind,
     )
-    t0 = time.perf_counter()
-    front = paretoskip.search(
-        ev,
-        objectives=["accuracy", "flops"],
-        engine="exhaustive",
-        budget=ev.space.size,
-        storage=str(args.db),
-        study_name=f"{study}-exhaustive" + ("" if space_kind == "full" else f"-{space_kind}"),
-        engine_options={"batch": 4096},
-        progress=not args.quiet,
-    )
-    return {
-        "front": front,
-        "evaluator": ev,
-        "model": model,
-        "meta": meta,
-        "seconds": time.perf_counter() - t0,
-    }
+    return {**got, "model": model, "meta": meta, "data": data}
 
 
 def _members(front) -> list[dict[str, Any]]:
@@ -116,7 +109,7 @@ def _training(meta: dict[str, Any]) -> dict[str, Any]:
 
 def analyse(depth: int, args: argparse.Namespace) -> dict[str, Any]:
     args.depth = depth
-    base = f"fashion-mnist-resnet{depth}"
+    base, val_size, limit = STUDIES[depth]
     out: dict[str, Any] = {"recipes": {}}
     for recipe, study, kind in (
         ("plain", f"{base}-plain", "full"),
@@ -124,13 +117,26 @@ def analyse(depth: int, args: argparse.Namespace) -> dict[str, Any]:
         ("adn (stage-tied)", f"{base}-adn", "tied"),
         ("adn (finer)", f"{base}-adn", "finer"),
     ):
+        if recipe not in args.sides:
+            continue
         log.info("resnet%d: %s front", depth, recipe)
         got = _front(study, kind, args)
         front, ev = got["front"], got["evaluator"]
         ref = front.reference
+        d = got["data"]
+        out["data"] = {
+            "name": "fashion-mnist",
+            "limit": limit,
+            "split_seed": 0,
+            "train": len(d.train),
+            "val": len(d.val),
+            "test": len(d.test),
+            "fingerprint": d.fingerprint,
+        }
         out["recipes"][recipe] = {
             "study": study,
             "space": {"kind": kind, "size": ev.space.size, "genes": list(ev.space.gene_names)},
+            "search": got["search"],
             "full_model": {
                 "val_accuracy": ref["metrics"]["accuracy"]["value"],
                 "test_accuracy": ref["test_accuracy"],
@@ -212,7 +218,11 @@ def figure(results: dict[str, Any], stem: Path) -> list[Path]:
         ax.set_xlim(0, 1.02)
         ax.set_xlabel("FLOPs (fraction of the full model)")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"ResNet-{depth}, Fashion-MNIST: fronts searched on validation", fontsize=9)
+        data = r.get("data") or {}
+        where = "Fashion-MNIST" + (
+            f" ({data['limit'] // 1000}k subset)" if data.get("limit") else ""
+        )
+        ax.set_title(f"ResNet-{depth}, {where}: fronts searched on validation", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7.5, loc="lower right")
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -234,6 +244,20 @@ def main() -> None:
     ap.add_argument("--db", type=Path, default=HERE / "results" / "headline.db")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "adn.json")
     ap.add_argument("--plot", type=Path, default=ROOT / "plots" / "adn")
+    ap.add_argument(
+        "--exhaustive-max",
+        type=int,
+        default=4096,
+        help="spaces up to this size are enumerated; larger ones searched by --engine",
+    )
+    ap.add_argument("--engine", default="pymoo-nsga2", help="engine for a larger space")
+    ap.add_argument("--budget", type=int, default=400, help="distinct masks for --engine")
+    ap.add_argument(
+        "--sides",
+        default=",".join(SIDES),
+        help=f"which fronts to compute (default all: {', '.join(SIDES)}); a subset only "
+        "fills the evaluation cache and writes nothing unless it is all of them",
+    )
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
@@ -241,16 +265,27 @@ def main() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    args.sides = [x.strip() for x in args.sides.split(",") if x.strip()]
+    if bad := [x for x in args.sides if x not in SIDES]:
+        raise SystemExit(f"--sides: unknown {', '.join(bad)}; accepted: {', '.join(SIDES)}")
+    if bad := [d for d in args.depths.split(",") if not d.isdigit() or int(d) not in STUDIES]:
+        raise SystemExit(
+            f"--depths: unknown {', '.join(bad)}; accepted: {', '.join(map(str, STUDIES))}"
+        )
     torch.set_num_threads(args.threads)
     started = time.time()
     previous = json.loads(args.out.read_text()).get("depths", {}) if args.out.exists() else {}
     results = dict(previous)
     for d in args.depths.split(","):
         results[f"resnet{d}"] = analyse(int(d), args)
+    if set(args.sides) != set(SIDES):
+        print(f"--sides {','.join(args.sides)}: evaluations cached in {args.db}, nothing written")
+        return
     doc = {
         "benchmark": "adn",
         "command": f"python benchmarks/adn.py --depths {args.depths} --threads {args.threads} "
-        f"--repeats {args.repeats}",
+        f"--repeats {args.repeats} --exhaustive-max {args.exhaustive_max} --engine {args.engine} "
+        f"--budget {args.budget}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": time.time() - started,
         "torch": torch.__version__,

@@ -65,8 +65,8 @@ PAIRS = {
 log = logging.getLogger("headline")
 
 
-def _load(study: str, val_size: int):
-    data = load_dataset("fashion-mnist", seed=0, val_size=val_size)
+def _load(study: str, val_size: int, limit: int | None = None):
+    data = load_dataset("fashion-mnist", seed=0, val_size=val_size, limit=limit)
     model, meta = load_checkpoint(ROOT / "studies" / "checkpoints" / study)
     if meta.get("dataset_fingerprint") != data.fingerprint:
         raise SystemExit(f"{study}: the checkpoint was trained on another split than the study's")
@@ -74,14 +74,27 @@ def _load(study: str, val_size: int):
 
 
 def exact_front(
-    study: str, data, model, meta, db: Path, threads: int, args: argparse.Namespace | None = None
+    study: str,
+    data,
+    model,
+    meta,
+    db: Path,
+    threads: int,
+    args: argparse.Namespace | None = None,
+    *,
+    space=None,
+    suffix: str = "",
 ) -> dict[str, Any]:
     """Every mask on validation (or, for a space larger than ``--exhaustive-max``, the
-    default engine with ``--budget`` distinct masks), the front's test accuracies."""
+    default engine with ``--budget`` distinct masks), the front's test accuracies.
+
+    ``space``: another skip space of the model than its default one; ``suffix`` then tells
+    its cached study apart (``<study>-exhaustive-<suffix>``)."""
     settings = paretoskip.MeasureSettings(threads=threads, eval_batch=500)
     ev = paretoskip.Evaluator(
         model,
         data,
+        space=space,
         settings=settings,
         cache=str(db),
         model_fingerprint=meta["weights_fingerprint"],
@@ -96,7 +109,7 @@ def exact_front(
             engine="exhaustive",
             budget=ev.space.size,
             storage=str(db),
-            study_name=f"{study}-exhaustive",
+            study_name=f"{study}-exhaustive" + (f"-{suffix}" if suffix else ""),
             # one prefix tree per 4,096 masks in lexicographic order: close to the minimum of
             # block runs any exact prefix-sharing evaluation needs
             engine_options={"batch": 4096},
@@ -110,7 +123,7 @@ def exact_front(
             engine=args.engine,
             budget=args.budget,
             storage=str(db),
-            study_name=f"{study}-{args.engine}-{args.budget}",
+            study_name=f"{study}-{args.engine}-{args.budget}" + (f"-{suffix}" if suffix else ""),
             seed=0,
             progress=True,
         )

@@ -19,6 +19,12 @@ engines cut their last generation short.  ``seconds_per_run`` is the engine's ow
 
     python benchmarks/search_quality.py [--seeds 5] [--engines surrogate,pymoo-nsga2,...]
         [--spaces resnet32,resnet44-locked] [--prepare-only]
+        [--overhead-study studies/fashion-mnist-20k-resnet32.toml --overhead-budget 128
+         --overhead-engines surrogate,pymoo-nsga2]
+
+``--overhead-study`` also runs each engine (seed 0) on that real-data study with a real
+evaluator and reports its own CPU time (everything but the evaluator's validation passes:
+the engine, the study database, the exact costs) as a share of the evaluation's.
 
 Writes benchmarks/results/search_quality.json and plots/search_quality.{png,pdf}.
 """
@@ -184,6 +190,58 @@ def run_engine(
     return per_budget, secs
 
 
+class _TimedEvaluator(paretoskip.Evaluator):
+    """An evaluator that adds the CPU seconds of its validation passes to ``eval_cpu``."""
+
+    eval_cpu = 0.0
+
+    def accuracy_many(self, masks, split="val"):
+        t0 = time.process_time()
+        try:
+            return super().accuracy_many(masks, split)
+        finally:
+            self.eval_cpu += time.process_time() - t0
+
+
+def overhead(study: str, engines: Sequence[str], budget: int, seed: int = 0) -> dict:
+    """Engine overhead on a real-data study: each engine searches ``budget`` distinct masks
+    with a real evaluator (no cache, in-memory study, 1 thread); CPU seconds of the whole
+    search against those of the evaluator's validation passes, in one process."""
+    from paretoskip.pipeline import StudyPipeline
+
+    pipe = StudyPipeline.from_file(study)
+    model, meta = pipe.model(train_if_missing=False)
+    base = pipe.evaluator(train_if_missing=False)
+    out = {"study": study, "budget": budget, "seed": seed, "val_images": len(pipe.data().val.y)}
+    for engine in engines:
+        ev = _TimedEvaluator(
+            model,
+            pipe.data(),
+            space=base.space,
+            settings=base.settings,
+            model_fingerprint=meta["weights_fingerprint"],
+        )
+        db = open_study(ev, storage=":memory:", study_name=f"overhead-{engine}", engine=engine)
+        load0 = os.getloadavg()
+        t0 = time.process_time()
+        search_run(make_engine(engine, seed), ev, db, budget=budget, progress=False)
+        total = time.process_time() - t0
+        rest = total - ev.eval_cpu
+        out[engine] = {
+            "cpu_seconds": total,
+            "evaluation_cpu_seconds": ev.eval_cpu,
+            "engine_cpu_seconds": rest,
+            "overhead_vs_evaluation": rest / ev.eval_cpu,
+            "evaluation_cpu_per_mask": ev.eval_cpu / budget,
+            "load_average": [round(x, 2) for x in load0],
+        }
+        print(
+            f"[overhead] {engine:12s} evaluation {ev.eval_cpu:.1f} s, rest {rest:.1f} s "
+            f"({100 * rest / ev.eval_cpu:.1f} %), load {load0[0]:.1f}"
+        )
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -197,6 +255,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "search_quality.json"))
     ap.add_argument("--plot", default="plots/search_quality")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--overhead-study",
+        help="also measure each engine's overhead against the evaluation time of this "
+        "real-data study (its checkpoint must exist), e.g. studies/fashion-mnist-20k-resnet32.toml",
+    )
+    ap.add_argument("--overhead-budget", type=int, default=128)
+    ap.add_argument("--overhead-engines", default="surrogate,pymoo-nsga2")
     args = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("paretoskip").setLevel(logging.WARNING)
@@ -207,8 +272,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = {"budgets": [b for b in BUDGETS if b <= args.max_budget], "spaces": {}}
     if out.exists():  # keep the rows of engines / spaces not run this time
         old = json.loads(out.read_text())
-        if "spaces" in old:
-            results["spaces"] = old["spaces"]
+        for key in ("spaces", "overhead"):
+            if key in old:
+                results[key] = old[key]
     for name in [s.strip() for s in args.spaces.split(",") if s.strip()]:
         ev, table, desc = prepare(name, data)
         print(
@@ -247,6 +313,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2) + "\n")
+    if args.overhead_study:
+        engines = [e.strip() for e in args.overhead_engines.split(",") if e.strip()]
+        results["overhead"] = overhead(args.overhead_study, engines, args.overhead_budget)
+        out.write_text(json.dumps(results, indent=2) + "\n")
     if not args.prepare_only:
         print(f"wrote {out}")
         _plot(results, Path(args.plot))

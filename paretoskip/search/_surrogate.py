@@ -293,7 +293,9 @@ class Surrogate(Engine):
         seed: seeds the candidate generator.
         batch: masks evaluated per round (default 8).
         candidates: candidate masks screened per round; a space of at most this many masks
-            is screened whole (default 4096).
+            is screened whole (default 32768 = 2^15: on the 2^15 search-quality space the
+            whole space reaches 0.993 of the exact hypervolume at 128 masks where 4,096
+            sampled candidates reach 0.960, see ``benchmarks/search_quality.py``).
         explore: standard deviations of optimism in the screened prediction (default 1.0).
         model: ``"gp"`` (Gaussian process on the Hamming distance, default) or
             ``"pairwise"`` (Bayesian linear model, additive + pairwise terms).
@@ -307,7 +309,7 @@ class Surrogate(Engine):
         self,
         seed: int = 0,
         batch: int = 8,
-        candidates: int = 4096,
+        candidates: int = 32768,
         explore: float = 1.0,
         model: str = "gp",
         structured_start: bool = True,
