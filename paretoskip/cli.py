@@ -471,7 +471,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is not None:
             settings[key] = value
     if args.recipe_option:
-        settings["recipe_options"] = {**settings.get("recipe_options", {}), **dict(args.recipe_option)}
+        settings["recipe_options"] = {
+            **settings.get("recipe_options", {}),
+            **dict(args.recipe_option),
+        }
     try:
         result = train_checkpoint(
             model_name,

@@ -42,7 +42,7 @@ Sections and keys (all optional unless marked *required*):
 ``[space]``
     ``locked`` (units never skipped), ``groups`` (lists of units skipped together).
 ``[search]``
-    ``engine`` (default ``pymoo-nsga2``, see :data:`paretoskip.search.ENGINES`),
+    ``engine`` (default ``surrogate``, see :data:`paretoskip.search.ENGINES`),
     ``budget`` (distinct masks, the full model included), ``timeout`` (seconds per call),
     ``objectives`` (default ``["accuracy", "flops"]``), ``constraints``
     (e.g. ``["accuracy >= 0.9", "flops <= 60%"]``), ``options`` (engine settings table,
@@ -205,7 +205,7 @@ class SpaceSection:
 
 @dataclass(frozen=True)
 class SearchSection:
-    engine: str = "pymoo-nsga2"
+    engine: str = "surrogate"
     budget: int | None = None
     timeout: float | None = None
     objectives: tuple[str, ...] = ("accuracy", "flops")
@@ -728,7 +728,7 @@ def parse_study_config(
 
     se = doc.get("search", {})
     search = SearchSection(
-        engine=se.get("engine", "pymoo-nsga2"),
+        engine=se.get("engine", "surrogate"),
         budget=se.get("budget"),
         timeout=float(se["timeout"]) if "timeout" in se else None,
         objectives=tuple(se.get("objectives", ("accuracy", "flops"))),

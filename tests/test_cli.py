@@ -369,7 +369,8 @@ def test_ctrl_c_saves_the_study_and_run_resumes_it(done, tmp_path):
     ckpt = work / "studies/checkpoints/tiny"
     (tmp_path / "big.toml").write_text(
         f'[study]\nname = "big"\n[model]\nname = "resnet20"\ncheckpoint = "{ckpt}"\n'
-        '[data]\nname = "digits"\n[search]\nbudget = 400\n[search.options]\npop_size = 8\n'
+        '[data]\nname = "digits"\n[search]\nengine = "pymoo-nsga2"\nbudget = 400\n'
+        "[search.options]\npop_size = 8\n"
     )
     db = tmp_path / "studies/big.db"
     with open(tmp_path / "err.txt", "w") as err, open(tmp_path / "out.txt", "w") as out:

@@ -99,7 +99,7 @@ def test_an_exclusive_search_is_refused_beside_a_live_one(tmp_path):
     assert storage.read_bytes() == before
     # once the holder is gone, it runs
     front = paretoskip.search(ev, budget=8, storage=str(storage), study_name="x", progress=False,
-                              engine_options={"pop_size": 8})  # fmt: skip
+                              engine="pymoo-nsga2", engine_options={"pop_size": 8})  # fmt: skip
     assert front.data["study"]["distinct_masks"] == 8
 
 

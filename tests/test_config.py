@@ -56,7 +56,7 @@ def test_defaults(tmp_path, monkeypatch):
     assert cfg.name == "abc"
     assert cfg.storage == "studies/abc.db"
     assert cfg.model.checkpoint == "studies/checkpoints/abc"
-    assert cfg.search.engine == "pymoo-nsga2"
+    assert cfg.search.engine == "surrogate"
     assert cfg.search.objectives == ("accuracy", "flops")
     assert cfg.model.train.epochs == 1 and cfg.model.train.recipe == "stochastic-depth"
     assert cfg.measure.settings().latency is False
@@ -72,7 +72,8 @@ def test_train_seed_defaults_to_study_seed(tmp_path):
 
 
 def test_replace_overrides(tmp_path):
-    text = MINIMAL + "[model.train]\n[search]\nbudget = 10\n[search.options]\npop_size = 8\n"
+    text = MINIMAL + "[model.train]\n[search]\nengine = 'pymoo-nsga2'\nbudget = 10\n"
+    text += "[search.options]\npop_size = 8\n"
     cfg = load_study_config(write(tmp_path, text))
     new = cfg.replace(budget=20, seed=3, storage="elsewhere.db", timeout=5)
     assert (new.search.budget, new.study.seed, new.storage) == (20, 3, "elsewhere.db")
@@ -162,7 +163,7 @@ def test_unknown_engine_lists_the_accepted(tmp_path):
         ),
         (MINIMAL + '[measure]\nenergy = "rap"\n', "measure.energy", "rapl"),
         (MINIMAL + '[model.train]\nrecipe = "sd"\n', "model.train.recipe", "stochastic-depth"),
-        (MINIMAL + "[search.options]\npop = 3\n", "search.options.pop", "pop_size"),
+        (MINIMAL + "[search.options]\nbatc = 3\n", "search.options.batc", "batch"),
         (MINIMAL + '[space]\nlocked = ["layer1.5"]\n', "space.locked", "layer1.2"),
         (MINIMAL + "[search.epsilon]\nlatency = 0.1\n", "search.epsilon.latency", "accuracy"),
     ],

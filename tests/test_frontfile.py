@@ -28,6 +28,7 @@ def written(digits, tmp_path_factory):
         budget=12,
         storage=":memory:",
         constraints=["accuracy >= 0.01"],
+        engine="pymoo-nsga2",
         engine_options={"pop_size": 4},
         progress=False,
     )

@@ -92,7 +92,7 @@ def test_exhaustive_front_is_the_true_front(evaluator, space, tmp_path):
 def test_exhaustive_refuses_huge_spaces(digits, tmp_path):
     model = paretoskip.create_model("resnet110", num_classes=10, in_channels=1, input_size=8)
     ev = Evaluator(model, digits)
-    with pytest.raises(ConfigError, match=r"2\^54 = .* 'pymoo-nsga2'"):
+    with pytest.raises(ConfigError, match=r"2\^54 = .* 'surrogate'"):
         paretoskip.search(ev, engine="exhaustive", storage=str(tmp_path / "x.db"), progress=False)
 
 

@@ -88,7 +88,7 @@ def open_study(
     constraints: Sequence[str | Constraint] | str | None = (),
     storage: str | os.PathLike | None = None,
     study_name: str | None = None,
-    engine: str = "pymoo-nsga2",
+    engine: str = "surrogate",
     engine_settings: Mapping[str, Any] | None = None,
     budget: int | None = None,
     seed: int = 0,
@@ -247,7 +247,7 @@ def search(
     *,
     objectives: Sequence[str] = ("accuracy", "flops"),
     constraints: Sequence[str | Constraint] | str | None = (),
-    engine: str = "pymoo-nsga2",
+    engine: str = "surrogate",
     budget: int | None = None,
     timeout: float | None = None,
     storage: str | os.PathLike | None = None,
@@ -267,7 +267,8 @@ def search(
         objectives: two or more of ``accuracy`` (maximised), ``flops``, ``params``,
             ``latency``, ``energy`` (minimised).
         constraints: e.g. ``["accuracy >= 0.95", "flops <= 0.5 * full"]``.
-        engine: one of :data:`ENGINES` (default ``pymoo-nsga2``).
+        engine: one of :data:`ENGINES` (default ``surrogate``: on the search-quality spaces
+            it reaches 0.99 of the exact hypervolume with 128 masks, NSGA-II 0.88-0.97).
         budget: distinct masks to evaluate in the study, the full model included (default
             200; every mask for ``exhaustive``).  A resumed search continues to it.
         timeout: wall-clock limit in seconds for this call.

@@ -28,7 +28,7 @@ class Exhaustive(Engine):
         if space.size > EXHAUSTIVE_LIMIT:
             raise ConfigError(
                 f"the space has 2^{space.n_genes} = {space.size:,} masks; 'exhaustive' handles up to "
-                f"2^16 = {EXHAUSTIVE_LIMIT:,}. Use engine 'pymoo-nsga2' (or lock/group units to shrink the space)"
+                f"2^16 = {EXHAUSTIVE_LIMIT:,}. Use engine 'surrogate' (the default) or 'pymoo-nsga2' (or lock/group units to shrink the space)"
             )
         todo = (space.mask_from_genes(g) for g in itertools.product((0, 1), repeat=space.n_genes))
         todo = (m for m in todo if space.to_bitstring(m) not in ctx.evaluated)
