@@ -7,6 +7,7 @@ import copy
 import json
 
 import jsonschema
+import numpy as np
 import pytest
 
 import paretoskip
@@ -197,3 +198,27 @@ def test_two_families_of_one_name_are_refused(written):
     bad = {**copy.deepcopy(doc), "families": [_family(), _family()]}
     with pytest.raises(ConfigError, match=r"front x.json: families \['layer-gated'\] appear more"):
         validate_front(bad, "x.json")
+
+
+def test_near_pareto_matches_the_definition_with_ties_and_nans():
+    from paretoskip.front import _minimised, near_pareto
+    from paretoskip.metrics import parse_objectives
+
+    objectives = parse_objectives(["accuracy", "flops", "latency"])
+    rng = np.random.default_rng(0)
+    values = np.round(rng.random((3000, 3)), 1)  # coarse: many ties with the front
+    values[rng.random(3000) < 0.02, 2] = np.nan
+    eps = np.where(rng.random((3000, 1)) < 0.5, 0.0, 0.05) * np.ones((1, 3))
+    y = _minimised(values, objectives)
+    ok = ~np.isnan(y).any(axis=1)
+    strict = np.zeros(3000, dtype=bool)
+    for i in np.flatnonzero(ok):  # non-dominated among the finite rows, by the definition
+        others = y[ok]
+        strict[i] = not np.any(np.all(others <= y[i], axis=1) & np.any(others < y[i], axis=1))
+    band = near_pareto(values, eps, objectives, strict)
+    shifted = y - np.abs(eps)
+    front = y[strict]
+    for i in range(3000):
+        dominated = np.any(np.all(front <= shifted[i], axis=1) & np.any(front < shifted[i], axis=1))
+        assert band[i] == (not strict[i] and not dominated), i
+    assert 0 < band.sum() < (~strict).sum()
