@@ -18,7 +18,7 @@ Example:
     ...     "model": {"name": "resnet20", "checkpoint": tempfile.mkdtemp() + "/r20",
     ...               "train": {"epochs": 0}},
     ...     "data": {"name": "digits", "limit": 300},
-    ...     "search": {"budget": 8, "options": {"pop_size": 4}}})
+    ...     "search": {"budget": 8, "options": {"batch": 4}}})
     >>> pipe = StudyPipeline(cfg)
     >>> front = pipe.search(progress=False)
     >>> front.data["study"]["distinct_masks"], str(pipe.front_path())
