@@ -39,12 +39,13 @@ from typing import Any
 
 import torch
 
+from paretoskip.data import load_dataset
 from paretoskip.models._adn import adn_space
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from headline import _load as load_study_checkpoint  # noqa: E402  (one protocol for both)
-from headline import exact_front, exported_latency  # noqa: E402
+from headline import add_search_options, exact_front, exported_latency  # noqa: E402
 
 ROOT = HERE.parent
 #: depth → (study name of the stochastic-depth model, validation images, data limit); the
@@ -57,9 +58,14 @@ SIDES = ("plain", "stochastic-depth", "adn (stage-tied)", "adn (finer)")
 log = logging.getLogger("adn")
 
 
-def _front(study: str, space_kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    _, val_size, limit = STUDIES[args.depth]
-    data, model, meta = load_study_checkpoint(study, val_size, limit)
+def _front(
+    study: str, space_kind: str, args: argparse.Namespace, data, loaded: dict[str, Any]
+) -> dict[str, Any]:
+    """The front of ``study`` in one of its spaces; ``loaded`` keeps each checkpoint loaded
+    once (the ADN model serves two spaces)."""
+    if study not in loaded:
+        loaded[study] = load_study_checkpoint(study, data=data)[1:]
+    model, meta = loaded[study]
     space = None
     if space_kind in ("tied", "finer"):
         space = adn_space(model, tied=space_kind == "tied")
@@ -74,7 +80,7 @@ def _front(study: str, space_kind: str, args: argparse.Namespace) -> dict[str, A
         space=space,
         suffix="" if space_kind == "full" else space_kind,
     )
-    return {**got, "model": model, "meta": meta, "data": data}
+    return {**got, "model": model, "meta": meta}
 
 
 def _members(front) -> list[dict[str, Any]]:
@@ -108,9 +114,21 @@ def _training(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def analyse(depth: int, args: argparse.Namespace) -> dict[str, Any]:
-    args.depth = depth
     base, val_size, limit = STUDIES[depth]
-    out: dict[str, Any] = {"recipes": {}}
+    data = load_dataset("fashion-mnist", seed=0, val_size=val_size, limit=limit)
+    loaded: dict[str, Any] = {}
+    out: dict[str, Any] = {
+        "recipes": {},
+        "data": {
+            "name": "fashion-mnist",
+            "limit": limit,
+            "split_seed": 0,
+            "train": len(data.train),
+            "val": len(data.val),
+            "test": len(data.test),
+            "fingerprint": data.fingerprint,
+        },
+    }
     for recipe, study, kind in (
         ("plain", f"{base}-plain", "full"),
         ("stochastic-depth", base, "full"),
@@ -120,19 +138,9 @@ def analyse(depth: int, args: argparse.Namespace) -> dict[str, Any]:
         if recipe not in args.sides:
             continue
         log.info("resnet%d: %s front", depth, recipe)
-        got = _front(study, kind, args)
+        got = _front(study, kind, args, data, loaded)
         front, ev = got["front"], got["evaluator"]
         ref = front.reference
-        d = got["data"]
-        out["data"] = {
-            "name": "fashion-mnist",
-            "limit": limit,
-            "split_seed": 0,
-            "train": len(d.train),
-            "val": len(d.val),
-            "test": len(d.test),
-            "fingerprint": d.fingerprint,
-        }
         out["recipes"][recipe] = {
             "study": study,
             "space": {"kind": kind, "size": ev.space.size, "genes": list(ev.space.gene_names)},
@@ -244,14 +252,7 @@ def main() -> None:
     ap.add_argument("--db", type=Path, default=HERE / "results" / "headline.db")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "adn.json")
     ap.add_argument("--plot", type=Path, default=ROOT / "plots" / "adn")
-    ap.add_argument(
-        "--exhaustive-max",
-        type=int,
-        default=4096,
-        help="spaces up to this size are enumerated; larger ones searched by --engine",
-    )
-    ap.add_argument("--engine", default="pymoo-nsga2", help="engine for a larger space")
-    ap.add_argument("--budget", type=int, default=400, help="distinct masks for --engine")
+    add_search_options(ap, exhaustive_max=4096)
     ap.add_argument(
         "--sides",
         default=",".join(SIDES),

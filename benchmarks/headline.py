@@ -65,8 +65,11 @@ PAIRS = {
 log = logging.getLogger("headline")
 
 
-def _load(study: str, val_size: int, limit: int | None = None):
-    data = load_dataset("fashion-mnist", seed=0, val_size=val_size, limit=limit)
+def _load(study: str, val_size: int | None = None, limit: int | None = None, *, data=None):
+    """The dataset (``data`` when given, else loaded), the study's checkpoint and its metadata,
+    checked to be trained on that split."""
+    if data is None:
+        data = load_dataset("fashion-mnist", seed=0, val_size=val_size, limit=limit)
     model, meta = load_checkpoint(ROOT / "studies" / "checkpoints" / study)
     if meta.get("dataset_fingerprint") != data.fingerprint:
         raise SystemExit(f"{study}: the checkpoint was trained on another split than the study's")
@@ -100,6 +103,7 @@ def exact_front(
         model_fingerprint=meta["weights_fingerprint"],
     )
     t0 = time.perf_counter()
+    tail = f"-{suffix}" if suffix else ""
     limit = args.exhaustive_max if args is not None else 2**16
     if ev.space.size <= limit:
         search = {"engine": "exhaustive", "budget": ev.space.size, "exhaustive": True}
@@ -109,7 +113,7 @@ def exact_front(
             engine="exhaustive",
             budget=ev.space.size,
             storage=str(db),
-            study_name=f"{study}-exhaustive" + (f"-{suffix}" if suffix else ""),
+            study_name=f"{study}-exhaustive{tail}",
             # one prefix tree per 4,096 masks in lexicographic order: close to the minimum of
             # block runs any exact prefix-sharing evaluation needs
             engine_options={"batch": 4096},
@@ -123,12 +127,25 @@ def exact_front(
             engine=args.engine,
             budget=args.budget,
             storage=str(db),
-            study_name=f"{study}-{args.engine}-{args.budget}" + (f"-{suffix}" if suffix else ""),
+            study_name=f"{study}-{args.engine}-{args.budget}{tail}",
             seed=0,
             progress=True,
         )
     search["seconds"] = time.perf_counter() - t0  # test accuracies of the front included
     return {"front": front, "evaluator": ev, "seconds": search["seconds"], "search": search}
+
+
+def add_search_options(ap: argparse.ArgumentParser, *, exhaustive_max: int) -> None:
+    """``--exhaustive-max``, ``--engine`` and ``--budget``: how :func:`exact_front` searches."""
+    ap.add_argument(
+        "--exhaustive-max",
+        type=int,
+        default=exhaustive_max,
+        help=f"largest space evaluated exhaustively (default {exhaustive_max}); larger ones "
+        "are searched by --engine",
+    )
+    ap.add_argument("--engine", default="pymoo-nsga2", help="engine for a larger space")
+    ap.add_argument("--budget", type=int, default=400, help="distinct masks for a larger space")
 
 
 def resilience(ev, per_k: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -434,14 +451,7 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, default=ROOT / "plots" / "headline")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--no-energy", action="store_true")
-    ap.add_argument(
-        "--exhaustive-max",
-        type=int,
-        default=2**16,
-        help="largest space evaluated exhaustively (default 2^16); larger ones are searched",
-    )
-    ap.add_argument("--engine", default="pymoo-nsga2", help="engine for a larger space")
-    ap.add_argument("--budget", type=int, default=400, help="distinct masks for a larger space")
+    add_search_options(ap, exhaustive_max=2**16)
     ap.add_argument("--jobs", type=int, default=1, help="2: the two studies of a pair at once")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

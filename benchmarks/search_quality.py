@@ -216,14 +216,15 @@ def overhead(study: str, engines: Sequence[str], budget: int, seed: int = 0) -> 
 
     pipe = StudyPipeline.from_file(study)
     model, meta = pipe.model(train_if_missing=False)
-    base = pipe.evaluator(train_if_missing=False)
+    # the study's space and settings, but no evaluation cache (nor its database file)
+    space = paretoskip.SkipSpace.from_model(model, pipe.cfg.space.locked, pipe.cfg.space.groups)
     out = {"study": study, "budget": budget, "seed": seed, "val_images": len(pipe.data().val.y)}
     for engine in engines:
         ev = _TimedEvaluator(
             model,
             pipe.data(),
-            space=base.space,
-            settings=base.settings,
+            space=space,
+            settings=pipe.cfg.measure.settings(),
             model_fingerprint=meta["weights_fingerprint"],
         )
         db = open_study(ev, storage=":memory:", study_name=f"overhead-{engine}", engine=engine)
@@ -326,7 +327,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         out.write_text(json.dumps(results, indent=2) + "\n")
     if not args.prepare_only:
         print(f"wrote {out}")
-        _plot(results, Path(args.plot))
+        if results["spaces"]:
+            _plot(results, Path(args.plot))
 
 
 def _plot(results: dict, base: Path) -> None:

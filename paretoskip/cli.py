@@ -153,11 +153,9 @@ def _positive_float(text: str) -> float:
 def _key_value(text: str) -> tuple[str, Any]:
     """An argparse type: ``KEY=VALUE``; the value is read as TOML (``0.5``, ``true``, ``"x"``),
     a bare word as a string."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10 (a dependency there)
-        import tomli as tomllib  # type: ignore[no-redef]
+    from .config import toml_module
 
+    tomllib = toml_module()
     key, sep, value = text.partition("=")
     if not sep or not key.strip() or not value.strip():
         raise argparse.ArgumentTypeError(f"{text!r}: give KEY=VALUE, e.g. alpha=0.5")

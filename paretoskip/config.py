@@ -543,7 +543,8 @@ def _check_positive(value: Any, key: str, where: str, *, upper: float | None = N
         raise ConfigError(f"{where}: {key}={value!r} must be a number {rng}")
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def toml_module() -> Any:
+    """The standard library's ``tomllib`` (Python 3.11+) or, on Python 3.10, ``tomli``."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -551,8 +552,13 @@ def _read_toml(path: Path) -> dict[str, Any]:
             import tomli as tomllib  # type: ignore[no-redef]
         except ModuleNotFoundError:
             raise ConfigError(
-                "reading study files on Python 3.10 needs the 'tomli' package: pip install tomli"
+                "reading TOML on Python 3.10 needs the 'tomli' package: pip install tomli"
             ) from None
+    return tomllib
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    tomllib = toml_module()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
