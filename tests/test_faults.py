@@ -377,3 +377,34 @@ def test_ctrl_c_during_tpe_leaves_no_running_trial(tmp_path):
     db = StudyDB.load(storage, "k")
     assert db.trials(states=None)
     assert not db.trials(states=(TrialState.RUNNING,))
+
+
+def test_ctrl_c_inside_ask_leaves_no_running_trial(evaluator, tmp_path, monkeypatch):
+    """SIGINT that arrives while ``study.ask()`` has written its RUNNING trial but not yet
+    returned it: the interrupt waits until the engine holds the trial, which it then fails."""
+    import signal
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from paretoskip.study import StudyDB
+
+    original = optuna.Study.ask
+    asked = []
+
+    def ask(self, *args, **kwargs):
+        trial = original(self, *args, **kwargs)
+        asked.append(trial.number)
+        if len(asked) == 3:  # the trial is in the storage, RUNNING; Ctrl-C now
+            signal.raise_signal(signal.SIGINT)
+        return trial
+
+    monkeypatch.setattr(optuna.Study, "ask", ask)
+    storage = str(tmp_path / "a.db")
+    with pytest.raises(KeyboardInterrupt):
+        _search(evaluator, storage, "a", 20, engine="tpe")
+    monkeypatch.undo()
+    db = StudyDB.load(storage, "a")
+    assert len(asked) == 3
+    assert not db.trials(states=(TrialState.RUNNING,))
+    assert {t.number for t in db.trials(states=(TrialState.FAIL,))} >= {asked[-1]}

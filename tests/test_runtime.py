@@ -419,22 +419,34 @@ LEAK_BOUND = 256
 
 def _memory_growth(fn, n=1000):
     """(retained, peak) bytes Python allocates while calling fn(k) for k < n, beyond the
-    constant cost of the measuring loop itself (measured with a no-op)."""
+    constant cost of the measuring loop itself (measured with a no-op).
+
+    Retained bytes count only blocks allocated under a call made from this file, so a
+    background thread an earlier test left running (a database pool, a heartbeat, a progress
+    monitor) cannot add to them; the peak is tracemalloc's, over every thread.
+    """
+    own = [
+        tracemalloc.Filter(True, __file__, all_frames=True),
+        tracemalloc.Filter(False, tracemalloc.__file__, all_frames=True),
+    ]
 
     def measure(f):
         for k in range(8):
             f(k)
         gc.collect()
-        tracemalloc.start()
+        tracemalloc.start(16)  # frames enough to reach this file's call from any allocation
         try:
-            base = tracemalloc.get_traced_memory()[0]
             tracemalloc.reset_peak()
+            b0 = tracemalloc.get_traced_memory()[0]
             for k in range(n):
                 f(k)
-            current, peak = tracemalloc.get_traced_memory()
+            peak = tracemalloc.get_traced_memory()[1]
+            retained = sum(
+                s.size for s in tracemalloc.take_snapshot().filter_traces(own).statistics("lineno")
+            )
         finally:
             tracemalloc.stop()
-        return current - base, peak - base
+        return retained, peak - b0
 
     noop = measure(lambda k: None)
     got = measure(fn)
@@ -447,9 +459,8 @@ def test_switching_does_not_allocate(model, front):
     params = [(p, p.data_ptr()) for p in list(model.parameters()) + list(model.buffers())]
 
     # Nothing retained, whether 1000 or 10000 switches; at most an iterator alive at a time.
-    # tracemalloc sees every thread: a background thread left by an earlier test (a database
-    # pool, a heartbeat) may allocate a few dozen bytes meanwhile.  LEAK_BOUND is far below
-    # what retaining anything per switch costs over 9,000 more switches (>= 16 bytes each).
+    # LEAK_BOUND is far below what retaining anything per switch costs over 9,000 more
+    # switches (>= 16 bytes each).
     retained, peak = _memory_growth(lambda k: adaptive.apply(k % n))
     retained_10k, _ = _memory_growth(lambda k: adaptive.apply(k % n), n=10000)
     assert peak < 256, peak

@@ -6,6 +6,8 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import signal
+import threading
 import time
 import warnings
 from typing import Any
@@ -40,6 +42,29 @@ SAMPLER_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "random": ("Optuna RandomSampler", ()),
     "bruteforce": ("Optuna BruteForceSampler", ()),
 }
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Hold Ctrl-C (SIGINT) back until the block ends, then raise it.
+
+    ``study.ask()`` writes a RUNNING trial before it returns; an interrupt inside it would
+    leave that trial RUNNING with nobody holding it.  Only the main thread receives signals,
+    so elsewhere (or where SIGINT is not Python's default handler) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 class OptunaEngine(Engine):
@@ -153,8 +178,10 @@ class OptunaEngine(Engine):
                     refill = False
                     trials = []
                     for _ in range(max(n, 0)):
-                        t = study.ask()  # owner first, so that a dead worker's trial is found
-                        trials.append(t)
+                        with _interrupts_deferred():  # no trial asked but not held
+                            trials.append(study.ask())
+                        t = trials[-1]
+                        # owner first, so that a dead worker's trial is found
                         t.set_user_attr("worker", me)
                         t.set_user_attr("engine", self.name)
                         for name, dist in dists.items():
