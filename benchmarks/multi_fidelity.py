@@ -48,14 +48,18 @@ def run_one(pipe: StudyPipeline, *, fidelity: str, seed: int, budget: int, args,
     ev.cache = EvalCache(f"sqlite:///{tmp}/cache-{fidelity}-{seed}-{time.time_ns()}.db")
     extra = {}
     if fidelity == "multi":
-        extra = {"screen_fraction": args.screen_fraction, "screen_k": args.screen_k}
+        extra = {
+            "screen_fraction": args.screen_fraction,
+            "screen_k": args.screen_k,
+            "screen_rungs": args.screen_rungs,
+        }
     load0, c0, w0 = _load(), time.process_time(), time.perf_counter()
     front = paretoskip.search(
         ev,
         objectives=tuple(cfg.search.objectives),
         constraints=tuple(cfg.search.constraints),
-        engine=cfg.search.engine,
-        engine_options=dict(cfg.search.options),
+        engine=args.engine,
+        engine_options=args.engine_options,
         budget=budget,
         seed=seed,
         storage=":memory:",
@@ -97,6 +101,8 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=None, help="default: the study's")
     p.add_argument("--screen-fraction", type=float, default=0.2)
     p.add_argument("--screen-k", type=float, default=2.0)
+    p.add_argument("--screen-rungs", type=int, default=2)
+    p.add_argument("--engine", default=None, help="default: the study's")
     p.add_argument("--out", default=str(HERE / "results" / "multi_fidelity.json"))
     args = p.parse_args()
     logging.getLogger("paretoskip").setLevel(logging.WARNING)
@@ -107,6 +113,11 @@ def main() -> None:
     if pipe.needs_training():
         raise SystemExit(f"no checkpoint for {args.study}: run `paretoskip train {args.study}`")
     budget = args.budget or cfg.search.budget or 200
+    # the study's engine settings go with the study's engine only
+    if args.engine in (None, cfg.search.engine):
+        args.engine, args.engine_options = cfg.search.engine, dict(cfg.search.options)
+    else:
+        args.engine_options = {}
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,14 +147,15 @@ def main() -> None:
     ev = pipe.evaluator(train_if_missing=False, progress=False)
     result = {
         "study": args.study,
-        "engine": cfg.search.engine,
-        "engine_options": dict(cfg.search.options),
+        "engine": args.engine,
+        "engine_options": args.engine_options,
         "objectives": list(cfg.search.objectives),
         "budget": budget,
         "seeds": seeds,
         "validation_images": len(ev.data.val.y),
         "screen_fraction": args.screen_fraction,
         "screen_k": args.screen_k,
+        "screen_rungs": args.screen_rungs,
         "image_evaluation": "validation images x masks measured (cache hits cost none); the "
         "full model's reference evaluation, the same in both modes, is not included",
         "pairs": pairs,

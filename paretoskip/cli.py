@@ -252,7 +252,7 @@ def _resume_command(args: argparse.Namespace, cfg) -> str:
         value = getattr(args, flag, None)
         if value is not None:
             parts += [f"--{flag}", str(value)]
-    for flag in ("screen_fraction", "screen_k"):
+    for flag in ("screen_fraction", "screen_k", "screen_rungs"):
         value = getattr(args, flag, None)
         if value is not None:
             parts += [f"--{flag.replace('_', '-')}", str(value)]
@@ -300,6 +300,7 @@ def _search_study(args: argparse.Namespace, *, plots: bool) -> int:
         fidelity=args.fidelity,
         screen_fraction=args.screen_fraction,
         screen_k=args.screen_k,
+        screen_rungs=args.screen_rungs,
     )
     cfg = pipe.cfg
     progress = not args.quiet
@@ -370,7 +371,8 @@ def _search_study(args: argparse.Namespace, *, plots: bool) -> int:
     if run.get("fidelity") == "multi":
         _out(
             f"fidelity    multi: {run.get('screened_out', 0)} candidates dropped after screening on "
-            f"{run.get('screen_images')} of {run.get('validation_images')} validation images, "
+            f"{' then '.join(map(str, run.get('screen_rung_images') or [run.get('screen_images')]))}"
+            f" of {run.get('validation_images')} validation images, "
             f"{run.get('promoted', 0)} finished on all; {run.get('image_evaluations', 0)} "
             "image-evaluations this run"
         )
@@ -1106,6 +1108,13 @@ def _search_options(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="standard errors by which a screened candidate must fall short to be dropped "
         "(fidelity multi; default 2)",
+    )
+    p.add_argument(
+        "--screen-rungs",
+        type=int,
+        metavar="R",
+        help="nested subsets a candidate passes before the whole split, each 4x the one "
+        "before (fidelity multi; default 2: 5%% then 20%% of each class)",
     )
     _device_option(p)
 

@@ -49,7 +49,7 @@ Sections and keys (all optional unless marked *required*):
     e.g. ``pop_size = 24``), ``epsilon`` (per-objective width of the near-Pareto band),
     ``fidelity`` (``"full"``, the default, or ``"multi"``: screen candidates on a stratified
     validation subset first, see :func:`paretoskip.search`) with ``screen_fraction``
-    (default 0.2) and ``screen_k`` (default 2).
+    (default 0.2), ``screen_k`` (default 2) and ``screen_rungs`` (default 2).
 ``[measure]``
     ``latency`` (bool), ``batch_size``, ``repeats``, ``warmup``, ``threads``, ``energy``
     (one of :data:`paretoskip.energy.ENERGY_BACKENDS`), ``energy_seconds``,
@@ -215,6 +215,7 @@ class SearchSection:
     fidelity: str = "full"
     screen_fraction: float | None = None
     screen_k: float | None = None
+    screen_rungs: int | None = None
 
 
 class MeasureSection(MeasureSettings):
@@ -265,7 +266,8 @@ class StudyConfig:
         """A copy with command-line overrides applied and validated.
 
         Accepted: ``budget``, ``engine``, ``timeout``, ``storage``, ``seed``, ``device``
-        (``measure.device``), ``fidelity``, ``screen_fraction``, ``screen_k``.  Changing the
+        (``measure.device``), ``fidelity``, ``screen_fraction``, ``screen_k``,
+        ``screen_rungs``.  Changing the
         engine drops ``search.options`` (they belong to the engine named in the file).
         """
         study, search, measure = self.study, self.search, self.measure
@@ -304,13 +306,15 @@ class StudyConfig:
             elif key == "fidelity":
                 search = dataclasses.replace(search, fidelity=value)
                 if value == "full":  # the file's screening settings do not apply
-                    search = dataclasses.replace(search, screen_fraction=None, screen_k=None)
-            elif key in ("screen_fraction", "screen_k"):
+                    search = dataclasses.replace(
+                        search, screen_fraction=None, screen_k=None, screen_rungs=None
+                    )
+            elif key in ("screen_fraction", "screen_k", "screen_rungs"):
                 search = dataclasses.replace(search, **{key: value})
             else:
                 raise ConfigError(
                     f"cannot override {key!r}; accepted: budget, engine, timeout, storage, "
-                    "seed, device, fidelity, screen_fraction, screen_k"
+                    "seed, device, fidelity, screen_fraction, screen_k, screen_rungs"
                 )
         _check_fidelity(search, study.seed, where)
         return dataclasses.replace(self, study=study, search=search, measure=measure)
@@ -387,6 +391,7 @@ _SCHEMA: dict[str, Any] = {
         "fidelity": (lambda v: isinstance(v, str), 'a string ("full" or "multi")'),
         "screen_fraction": (_is_number, "a number in (0, 1)"),
         "screen_k": (_is_number, "a number >= 0"),
+        "screen_rungs": (_is_int, "an integer >= 1"),
     },
     "measure": {},  # filled from MeasureSettings below
 }
@@ -522,6 +527,7 @@ def _check_fidelity(search: SearchSection, seed: int, where: str) -> None:
             engine=search.engine,
             screen_fraction=search.screen_fraction,
             screen_k=search.screen_k,
+            screen_rungs=search.screen_rungs,
             seed=seed,
         )
         fid.check(parse_objectives(search.objectives))
@@ -744,6 +750,7 @@ def parse_study_config(
         fidelity=se.get("fidelity", "full"),
         screen_fraction=se.get("screen_fraction"),
         screen_k=se.get("screen_k"),
+        screen_rungs=se.get("screen_rungs"),
     )
     from .search import ENGINES, engine_spec, make_engine
 

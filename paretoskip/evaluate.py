@@ -384,6 +384,20 @@ class Evaluator:
         self, masks: Sequence[Sequence[int] | str], split: str = "val"
     ) -> list[float]:
         """Top-1 accuracy of each mask on ``split``, computed as a prefix tree."""
+        counts = self._correct_many(masks, split, per_image=False)
+        n = len(self._part(split).y)
+        return [c / n for c in counts]
+
+    def correct_many(self, masks: Sequence[Sequence[int] | str], split: str = "val") -> np.ndarray:
+        """Which images of ``split`` each mask classifies correctly: a boolean array of
+        shape (masks, images), images in the split's order; the same prefix tree as
+        :meth:`accuracy_many` (``correct_many(m).mean(1)`` is its accuracy)."""
+        rows = self._correct_many(masks, split, per_image=True)
+        return np.stack(rows) if rows else np.zeros((0, len(self._part(split).y)), dtype=bool)
+
+    def _correct_many(
+        self, masks: Sequence[Sequence[int] | str], split: str, *, per_image: bool
+    ) -> list[Any]:
         if split not in ("val", "test") and split not in self._subsets:
             raise ConfigError(f"split={split!r}; accepted: 'val' (searched) or 'test' (reported)")
         bits = [self.space.validate(m) for m in masks]
@@ -391,7 +405,7 @@ class Evaluator:
         # the tree branches on unit states (the skip bit, or more where a unit's output
         # depends on other bits too: ADN's skip-aware batch norms), which keeps it exact
         states = [self._parts.unit_states(m) for m in distinct]
-        correct = [0] * len(distinct)
+        correct: list[Any] = [[] for _ in distinct] if per_image else [0] * len(distinct)
         start = self.space.locked_prefix
         by_prefix: dict[tuple, list[int]] = {}
         for i, s in enumerate(states):
@@ -401,11 +415,12 @@ class Evaluator:
             for key, idx in by_prefix.items():
                 prefixes, ys = self._prefix(split, key)
                 for h0, y in zip(prefixes, ys):
-                    self._walk(start, h0, idx, states, y, correct)
+                    self._walk(start, h0, idx, states, y, correct, per_image)
         apply_mask(self.model, saved)
-        n = len(self._part(split).y)
-        acc = {m: c / n for m, c in zip(distinct, correct)}
-        return [acc[m] for m in bits]
+        if per_image:
+            correct = [torch.cat(c).cpu().numpy() for c in correct]
+        by_mask = dict(zip(distinct, correct))
+        return [by_mask[m] for m in bits]
 
     def _walk(
         self,
@@ -414,7 +429,8 @@ class Evaluator:
         idx: list[int],
         states: list[tuple],
         y: torch.Tensor,
-        correct: list[int],
+        correct: list[Any],
+        per_image: bool = False,
     ) -> None:
         units = self._units
         n = len(units)
@@ -424,12 +440,18 @@ class Evaluator:
                 groups.setdefault(states[i][k], []).append(i)
             *others, last = sorted(groups, key=repr)  # False (run) before True (skip)
             for state in others:
-                self._walk(k + 1, units[k].run_state(h, state), groups[state], states, y, correct)
+                h1 = units[k].run_state(h, state)
+                self._walk(k + 1, h1, groups[state], states, y, correct, per_image)
             if not (last and self._skip_passes[k]):
                 h = units[k].run_state(h, last)
             idx = groups[last]
             k += 1
-        hits = int((self._parts.head(h).argmax(1) == y).sum())
+        hit = self._parts.head(h).argmax(1) == y
+        if per_image:  # one tensor, shared by the masks of this leaf
+            for i in idx:
+                correct[i].append(hit)
+            return
+        hits = int(hit.sum())
         for i in idx:
             correct[i] += hits
 
@@ -513,6 +535,10 @@ class Evaluator:
             "params": Metric(float(self.costs.params(mask)), "parameters", "counted:modules"),
         }
 
+    def exact_costs(self, mask: Sequence[int] | str) -> dict[str, float]:
+        """The counted costs of ``mask``: ``{"flops": ..., "params": ...}``."""
+        return {k: m.value for k, m in self._static(self.space.validate(mask)).items()}
+
     def cached(self, masks: Iterable[Sequence[int] | str]) -> dict[str, Evaluation]:
         """The evaluations of ``masks`` the cache holds, by bitstring (``cache_hit=True``)."""
         if self.cache is None:
@@ -566,13 +592,7 @@ class Evaluator:
         under :meth:`subset_cache_key`.  Latency and energy are not measured."""
         indices = np.asarray(indices, dtype=np.int64)
         key = self.subset_cache_key(indices)
-        name = f"val-subset:{key.data_fp[:16]}"
-        if name not in self._subsets:
-            val = self.data.val
-            pos = torch.as_tensor(indices)
-            self._subsets[name] = type(val)(
-                val.x[pos], val.y[pos], np.asarray(val.indices)[indices]
-            )
+        name = self._subset_split(indices, key)
         bits = [self.space.validate(m) for m in masks]
         keys = [self.space.to_bitstring(b) for b in bits]
         found: dict[str, Evaluation] = {}
@@ -590,28 +610,98 @@ class Evaluator:
             accs = self.accuracy_many(todo, split=name)
             share = (time.perf_counter() - t0) / len(todo)
             for mask, acc in zip(todo, accs):
-                metrics = {
-                    "accuracy": self._accuracy_metric(
-                        acc, len(indices), "measured:validation-subset"
-                    ),
-                    **self._static(mask),
-                }
-                k = self.space.to_bitstring(mask)
-                if self.cache is not None:
-                    self.cache.put(key, k, {n: m.to_dict() for n, m in metrics.items()}, share)
-                found[k] = Evaluation(
-                    k, tuple(self.space.skipped_names(mask)), metrics, False, share
-                )
+                ev = self.subset_evaluation(mask, acc, indices, share)
+                found[ev.mask] = ev
         return [found[k] for k in keys]
+
+    def subset_evaluation(
+        self, mask: Sequence[int] | str, accuracy: float, indices: np.ndarray, seconds: float = 0.0
+    ) -> Evaluation:
+        """The evaluation of ``mask`` on the validation images at ``indices`` with subset
+        accuracy ``accuracy`` (measured by the caller) and the exact FLOPs and parameters;
+        stored in the cache under :meth:`subset_cache_key`."""
+        indices = np.asarray(indices, dtype=np.int64)
+        bits = self.space.validate(mask)
+        metrics = {
+            "accuracy": self._accuracy_metric(accuracy, len(indices), "measured:validation-subset"),
+            **self._static(bits),
+        }
+        k = self.space.to_bitstring(bits)
+        if self.cache is not None:
+            key = self.subset_cache_key(indices)
+            self.cache.put(key, k, {n: m.to_dict() for n, m in metrics.items()}, seconds)
+        return Evaluation(k, tuple(self.space.skipped_names(bits)), metrics, False, seconds)
+
+    def subset_correct_many(
+        self, masks: Sequence[Sequence[int] | str], indices: np.ndarray
+    ) -> np.ndarray:
+        """:meth:`correct_many` on the validation images at ``indices`` (never cached)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return self.correct_many(masks, self._subset_split(indices))
+
+    def _subset_split(self, indices: np.ndarray, key: CacheKey | None = None) -> str:
+        """The name of the split of the validation images at ``indices`` (made once)."""
+        key = key or self.subset_cache_key(indices)
+        name = f"val-subset:{key.data_fp[:16]}"
+        if name not in self._subsets:
+            val = self.data.val
+            pos = torch.as_tensor(indices)
+            self._subsets[name] = type(val)(
+                val.x[pos], val.y[pos], np.asarray(val.indices)[indices]
+            )
+        return name
+
+    def _whole_split_accuracy(
+        self, masks: list[Mask], known: Mapping[str, tuple[np.ndarray, np.ndarray]]
+    ) -> list[float]:
+        """Validation accuracy of each mask, running only the images ``known`` lacks."""
+        keys = [self.space.to_bitstring(m) for m in masks]
+        groups: dict[bytes, list[int]] = {}
+        for i, k in enumerate(keys):
+            pos = known[k][0] if k in known else np.zeros(0, dtype=np.int64)
+            groups.setdefault(np.asarray(pos, dtype=np.int64).tobytes(), []).append(i)
+        n = len(self.data.val.y)
+        out = [0.0] * len(masks)
+        for raw, idx in groups.items():
+            pos = np.frombuffer(raw, dtype=np.int64)
+            group = [masks[i] for i in idx]
+            if not len(pos):
+                for i, acc in zip(idx, self.accuracy_many(group)):
+                    out[i] = acc
+                continue
+            rest = np.setdiff1d(np.arange(n), pos)
+            counts = (
+                self._correct_many(group, self._subset_split(rest), per_image=False)
+                if len(rest)
+                else [0] * len(group)
+            )
+            for i, c in zip(idx, counts):
+                row = np.asarray(known[keys[i]][1], dtype=bool)
+                if row.shape != pos.shape:
+                    raise ValueError(f"known correctness of {keys[i]}: {row.shape} vs {pos.shape}")
+                out[i] = (c + int(row.sum())) / n
+        return out
 
     def evaluate(self, mask: Sequence[int] | str) -> Evaluation:
         """Evaluate one mask (see :meth:`evaluate_many`)."""
         return self.evaluate_many([mask])[0]
 
     def evaluate_many(
-        self, masks: Iterable[Sequence[int] | str], *, progress: bool = False
+        self,
+        masks: Iterable[Sequence[int] | str],
+        *,
+        progress: bool = False,
+        known: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> list[Evaluation]:
-        """Evaluate masks, from the cache where possible; results in input order."""
+        """Evaluate masks, from the cache where possible; results in input order.
+
+        ``known`` maps a mask's bitstring to ``(positions, correct)``: which of the
+        validation images at ``positions`` it classifies correctly, measured already (by
+        :meth:`subset_correct_many`, when it was screened).  Only the other images are run
+        then; the accuracy is still that of the whole split, every image classified once
+        under the mask (per-image results do not depend on the other images of a batch:
+        :meth:`correct_many` on a subset equals the whole split's at those images).
+        """
         bits = [self.space.validate(m) for m in masks]
         keys = [self.space.to_bitstring(b) for b in bits]
         found = self.cached(bits)
@@ -620,7 +710,7 @@ class Evaluator:
         self.misses += len(todo)
         if todo:
             t0 = time.perf_counter()
-            accs = self.accuracy_many(todo)
+            accs = self._whole_split_accuracy(todo, known or {})
             share = (time.perf_counter() - t0) / len(todo)
             bar = progress_bar(len(todo), progress)
             for mask, acc in zip(todo, accs):

@@ -265,6 +265,7 @@ def search_kwargs(cfg: StudyConfig) -> dict[str, Any]:
         "fidelity": cfg.search.fidelity,
         "screen_fraction": cfg.search.screen_fraction,
         "screen_k": cfg.search.screen_k,
+        "screen_rungs": cfg.search.screen_rungs,
     }
 
 

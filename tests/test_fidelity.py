@@ -83,10 +83,14 @@ def test_dropped_trials_never_in_the_front(engine, evaluator, tmp_path):
     db = StudyDB.load(storage)
     screened = [r for r in db.records(states=None) if r.screened]
     full = db.records()
-    n_sub = len(evaluator.validation_subset(0.2))
+    rung_images = [len(evaluator.validation_subset(f)) for f in (0.05, 0.2)]
+    assert run["screen_rung_images"] == rung_images
     assert len(screened) == run["screened_out"] == front.data["study"]["screened_masks"]
+    assert sum(run["screened_out_by_rung"]) == run["screened_out"]
     assert all(r.state == TrialState.PRUNED and r.values is None for r in screened)
-    assert all(r.fidelity == "subset" and r.fidelity_images == n_sub for r in screened)
+    assert all(r.fidelity == "subset" and r.fidelity_images in rung_images for r in screened)
+    for images, dropped in zip(rung_images, run["screened_out_by_rung"]):
+        assert sum(r.fidelity_images == images for r in screened) == dropped
     assert all(r.metrics["accuracy"]["source"] == "measured:validation-subset" for r in screened)
     n_val = len(evaluator.data.val.y)
     told = [r for r in full if r.engine != "reference"]
@@ -122,11 +126,19 @@ def test_image_evaluations_are_counted(evaluator, tmp_path, engine, remeasured):
     evaluator.cache = None
     front = multi(evaluator, str(tmp_path / "b.db"), 30, seed=3, engine=engine)
     run = front.data["study"]["run"]
-    n_sub = run["screen_images"]
-    assert run["image_evaluations"] == n_sub * run["screen_evaluations"] + n_val * (
-        run["promoted"] + remeasured
+    # a promoted candidate runs only the images its screening did not
+    small, large = run["screen_rung_images"]
+    assert run["image_evaluations"] == (
+        run["screen_image_evaluations"] + (n_val - large) * run["promoted"] + n_val * remeasured
     )
-    assert run["screen_evaluations"] == run["screened_out"] + run["promoted"]
+    # each rung measures the images the one before did not, on the candidates it kept
+    into = run["screen_candidates_by_rung"]
+    assert run["screen_image_evaluations"] == (
+        into[0] * small + into[1] * (large - small) + run["pairing_evaluations"] * large
+    )
+    assert into[0] == run["screen_evaluations"] == run["screened_out"] + run["promoted"]
+    assert into[1] == into[0] - run["screened_out_by_rung"][0]
+    assert run["promoted"] == into[1] - run["screened_out_by_rung"][1]
 
 
 def test_resume_of_a_multi_fidelity_study(evaluator, tmp_path):
@@ -155,6 +167,9 @@ def test_resume_of_a_multi_fidelity_study(evaluator, tmp_path):
         ({"fidelity": "multi", "screen_fraction": 1.5}, r"screen_fraction=1.5; accepted"),
         ({"fidelity": "multi", "screen_fraction": 0}, r"screen_fraction=0; accepted"),
         ({"fidelity": "multi", "screen_k": -1}, r"screen_k=-1; accepted: a number >= 0"),
+        ({"fidelity": "multi", "screen_rungs": 0}, r"screen_rungs=0; accepted: an integer >= 1"),
+        ({"fidelity": "multi", "screen_rungs": 1.5}, r"screen_rungs=1.5; accepted"),
+        ({"screen_rungs": 2}, r"apply to fidelity='multi' only"),
         ({"screen_k": 2}, r"apply to fidelity='multi' only"),
         ({"fidelity": "multi", "engine": "tpe"}, r"not supported by engine 'tpe'.*accepted"),
         (
@@ -181,15 +196,20 @@ def test_study_file_and_command_line(tmp_path):
     path.write_text(
         MINIMAL
         + '[search]\nbudget = 40\nfidelity = "multi"\nscreen_fraction = 0.25\nscreen_k = 1.5\n'
+        + "screen_rungs = 3\n"
     )
     cfg = load_study_config(path, check_files=False)
     kw = search_kwargs(cfg)
-    assert (kw["fidelity"], kw["screen_fraction"], kw["screen_k"]) == ("multi", 0.25, 1.5)
+    screen = ("fidelity", "screen_fraction", "screen_k", "screen_rungs")
+    assert tuple(kw[k] for k in screen) == ("multi", 0.25, 1.5, 3)
     kw = search_kwargs(cfg.replace(fidelity="full"))  # the file's screen_* are dropped
-    assert (kw["fidelity"], kw["screen_fraction"], kw["screen_k"]) == ("full", None, None)
+    assert tuple(kw[k] for k in screen) == ("full", None, None, None)
     bad = tmp_path / "bad.toml"
     bad.write_text(MINIMAL + '[search]\nfidelity = "multi"\nscreen_k = -2\n')
     with pytest.raises(ConfigError, match=r"bad.toml: search: screen_k=-2"):
+        load_study_config(bad, check_files=False)
+    bad.write_text(MINIMAL + '[search]\nfidelity = "multi"\nscreen_rungs = 0\n')
+    with pytest.raises(ConfigError, match=r"bad.toml: search: screen_rungs=0"):
         load_study_config(bad, check_files=False)
     bad.write_text(MINIMAL + '[search]\nengine = "tpe"\nfidelity = "multi"\n')
     with pytest.raises(ConfigError, match=r"not supported by engine 'tpe'"):
@@ -204,5 +224,54 @@ def test_study_file_and_command_line(tmp_path):
 
     args = build_parser().parse_args(
         ["search", str(path), "--fidelity", "multi", "--screen-fraction", "0.3", "--screen-k", "1"]
+        + ["--screen-rungs", "3"]
     )
-    assert (args.fidelity, args.screen_fraction, args.screen_k) == ("multi", 0.3, 1.0)
+    got = (args.fidelity, args.screen_fraction, args.screen_k, args.screen_rungs)
+    assert got == ("multi", 0.3, 1.0, 3)
+
+
+def test_correct_many_is_the_per_image_accuracy(evaluator, digits):
+    import torch
+
+    from paretoskip.models import apply_mask, get_mask
+
+    rng = np.random.default_rng(5)
+    space = evaluator.space
+    masks = [
+        space.to_bitstring(space.mask_from_genes(list(rng.integers(0, 2, 6)))) for _ in range(7)
+    ]
+    got = evaluator.correct_many(masks)
+    assert got.dtype == bool and got.shape == (len(masks), len(digits.val.y))
+    assert list(got.mean(axis=1)) == evaluator.accuracy_many(masks)
+    saved = get_mask(evaluator.model)
+    for mask, row in zip(masks, got):
+        apply_mask(evaluator.model, space.validate(mask))
+        with torch.inference_mode():
+            pred = evaluator.model(digits.val.x).argmax(1)
+        assert np.array_equal(row, (pred == digits.val.y).numpy())
+    apply_mask(evaluator.model, saved)
+    idx = evaluator.validation_subset(0.3)
+    assert np.array_equal(evaluator.subset_correct_many(masks, idx), got[:, idx])
+
+
+def test_paired_shortfall():
+    from paretoskip.search import paired_shortfall
+
+    n, population = 100, 1000
+    ref = np.ones(n, dtype=bool)
+    ref[:20] = False  # 80 % right
+    cand = ref.copy()
+    cand[20:25] = False  # 75 %: wrong where the reference is, and on 5 images more
+    diff, se = paired_shortfall(ref, cand, population)
+    assert diff[0] == pytest.approx(0.05)
+    # a = 5, b = 0: per-image variance (5 + 1) / 100 - 0.05^2, without-replacement factor
+    assert se[0] == pytest.approx(np.sqrt((0.06 - 0.0025) / n * (1 - n / population)))
+    assert diff[0] > 2 * se[0]
+    # the two accuracies compared as if independent cannot tell them apart at 2 SE
+    unpaired = np.sqrt(0.75 * 0.25 / n + 0.8 * 0.2 / population)
+    assert diff[0] < 2 * unpaired
+    # no disagreement: no shortfall, a spread all the same; several references at once
+    diff, se = paired_shortfall(np.stack([ref, cand]), cand, population)
+    assert diff[1] == 0 and se[1] > 0 and diff[0] > 2 * se[0]
+    # the candidate better than the reference: a negative shortfall
+    assert paired_shortfall(cand, ref, population)[0][0] == pytest.approx(-0.05)

@@ -46,7 +46,7 @@ from ._base import (
     register_engine,
     structured_masks,
 )
-from ._context import FIDELITIES, Fidelity, SearchContext
+from ._context import FIDELITIES, Fidelity, SearchContext, paired_shortfall
 
 # the engine families, in the order ENGINES lists them (each module registers its names)
 from . import _pymoo, _optuna, _exhaustive, _greedy, _surrogate  # noqa: E402, F401, I001  isort: skip
@@ -69,6 +69,7 @@ __all__ = [
     "Fidelity",
     "FIDELITIES",
     "make_fidelity",
+    "paired_shortfall",
     "structured_masks",
     "EXHAUSTIVE_LIMIT",
 ]
@@ -208,15 +209,17 @@ def make_fidelity(
     engine: str,
     screen_fraction: float | None = None,
     screen_k: float | None = None,
+    screen_rungs: int | None = None,
     seed: int = 0,
 ) -> Fidelity:
     """The :class:`Fidelity` of a search, checked against its engine: Optuna samplers
     (engines several workers can share) evaluate on the whole split only."""
     if fidelity not in FIDELITIES:
         raise ConfigError(f"fidelity={fidelity!r}; accepted: {', '.join(map(repr, FIDELITIES))}")
-    if fidelity == "full" and (screen_fraction is not None or screen_k is not None):
+    if fidelity == "full" and any(v is not None for v in (screen_fraction, screen_k, screen_rungs)):
         raise ConfigError(
-            f"screen_fraction and screen_k apply to fidelity='multi' only; fidelity={fidelity!r}"
+            "screen_fraction, screen_k and screen_rungs apply to fidelity='multi' only; "
+            f"fidelity={fidelity!r}"
         )
     if fidelity == "multi" and engine_spec(engine).shareable:
         multi = [n for n in ENGINES if not engine_spec(n).shareable]
@@ -229,6 +232,8 @@ def make_fidelity(
         opts["screen_fraction"] = screen_fraction
     if screen_k is not None:
         opts["screen_k"] = screen_k
+    if screen_rungs is not None:
+        opts["screen_rungs"] = screen_rungs
     return Fidelity(fidelity, **opts)
 
 
@@ -259,6 +264,7 @@ def search(
     fidelity: str = "full",
     screen_fraction: float | None = None,
     screen_k: float | None = None,
+    screen_rungs: int | None = None,
 ) -> Front:
     """Search for the Pareto front of skip masks and return it.
 
@@ -282,16 +288,18 @@ def search(
             measurement spread).
         progress: show a progress bar (evaluations, cache hits, hypervolume).
         fidelity: ``"full"`` (default: every candidate on the whole validation split) or
-            ``"multi"``: each new candidate is first evaluated on a stratified subset of
-            the validation split (``screen_fraction`` of each class, default 0.2, drawn
-            with ``seed``); one whose subset accuracy is below that of a full-split point
-            of no higher cost by more than ``screen_k`` (default 2) standard errors of the
-            difference is dropped (recorded as a PRUNED trial with ``fidelity="subset"``,
-            never a front member), the rest are evaluated on the whole split as without
-            screening.  Needs accuracy and exactly counted costs (FLOPs, parameters) as
-            the objectives, and an engine that is not an Optuna sampler.  The run summary
-            (``front.data["study"]["run"]``) counts ``image_evaluations`` (validation
-            images × masks measured) either way.
+            ``"multi"``: each new candidate is first evaluated on nested, stratified
+            subsets of the validation split (``screen_rungs``, default 2, subsets each 4×
+            the one before, the largest ``screen_fraction`` of each class, default 0.2,
+            drawn with ``seed``); after each it is dropped when a front point of the
+            whole-split evaluations of no higher cost beats it on the same images by more
+            than ``screen_k`` (default 2) standard errors of the paired difference
+            (recorded as a PRUNED trial with ``fidelity="subset"``, never a front member).
+            The rest are evaluated on the other validation images, so their accuracy is a
+            whole-split value.  Needs accuracy and exactly counted costs (FLOPs,
+            parameters) as the objectives, and an engine that is not an Optuna sampler.
+            The run summary (``front.data["study"]["run"]``) counts ``image_evaluations``
+            (validation images × masks measured) either way.
     """
     from ..coordination import Coordination, StudyLease, StudyLock
     from ..storage import StorageLocation
@@ -299,7 +307,12 @@ def search(
     eng = make_engine(engine, seed, **dict(engine_options or {}))
     check_run_limits(budget, timeout)
     fid = make_fidelity(
-        fidelity, engine=engine, screen_fraction=screen_fraction, screen_k=screen_k, seed=seed
+        fidelity,
+        engine=engine,
+        screen_fraction=screen_fraction,
+        screen_k=screen_k,
+        screen_rungs=screen_rungs,
+        seed=seed,
     )
     fid.check(parse_objectives(objectives))
     budget = clamp_budget(budget or eng.default_budget or evaluator.space.size, evaluator.space)

@@ -19,7 +19,7 @@ from ..study import StudyDB, TrialRecord
 if TYPE_CHECKING:
     from ..coordination import Coordination
 
-__all__ = ["SearchContext", "Fidelity", "FIDELITIES"]
+__all__ = ["SearchContext", "Fidelity", "FIDELITIES", "paired_shortfall"]
 
 log = logging.getLogger("paretoskip.search")
 
@@ -29,17 +29,45 @@ FIDELITIES = ("full", "multi")
 _EXACT_COSTS = ("flops", "params")
 
 
+def paired_shortfall(
+    reference: np.ndarray, candidate: np.ndarray, population: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """How far each reference beats a candidate on the same images, and its standard error.
+
+    ``reference`` (points × images) and ``candidate`` (images) say which of n images drawn
+    without replacement from ``population`` each one classifies correctly.  With a the
+    images a reference gets right and the candidate wrong, and b the other way round, the
+    estimate of the accuracy difference on the whole population is (a - b) / n; its
+    standard error is that of a mean of n draws without replacement, with the per-image
+    variance (a + b + 1) / n - ((a - b) / n)^2 (add-one: images without a disagreement
+    still leave a spread).  Errors the two share cancel, which is what makes this test
+    sharper than comparing two accuracies.
+    """
+    ref = np.atleast_2d(np.asarray(reference, dtype=bool))
+    cand = np.asarray(candidate, dtype=bool)
+    n = cand.shape[-1]
+    a = (ref & ~cand).sum(axis=1)
+    b = (~ref & cand).sum(axis=1)
+    diff = (a - b) / n
+    var = np.maximum((a + b + 1) / n - diff**2, 0.0)
+    return diff, np.sqrt(var / n * max(1.0 - n / population, 0.0))
+
+
 class Fidelity:
     """How candidates are evaluated: ``"full"`` (every one on the whole validation split)
     or ``"multi"`` (screened first on a stratified subset, see :class:`SearchContext`).
 
     Args:
         mode: ``"full"`` or ``"multi"``.
-        screen_fraction: the share of each class of the validation split in the subset.
-        screen_k: a candidate is dropped when its subset accuracy is below the accuracy a
-            full-split point of no higher cost reaches by more than ``screen_k`` standard
-            errors of the difference.
+        screen_fraction: the share of each class of the validation split in the largest
+            subset.
+        screen_k: a candidate is dropped when, on the same subset images, a front point of
+            the whole-split evaluations of no higher cost beats it by more than
+            ``screen_k`` standard errors of the paired difference.
         screen_seed: seeds the subset draw.
+        screen_rungs: the number of nested subsets a candidate passes before the whole
+            split, each 4× the one before and the last ``screen_fraction`` (2: 5 % then
+            20 % of each class); a candidate dropped on a small one costs only its images.
     """
 
     def __init__(
@@ -49,6 +77,7 @@ class Fidelity:
         screen_fraction: float = 0.2,
         screen_k: float = 2.0,
         screen_seed: int = 0,
+        screen_rungs: int = 2,
     ):
         if mode not in FIDELITIES:
             raise ConfigError(f"fidelity={mode!r}; accepted: {', '.join(map(repr, FIDELITIES))}")
@@ -71,10 +100,22 @@ class Fidelity:
             )
         if isinstance(screen_seed, bool) or not isinstance(screen_seed, int):
             raise ConfigError(f"screen_seed={screen_seed!r}; accepted: an integer")
+        if isinstance(screen_rungs, bool) or not isinstance(screen_rungs, int) or screen_rungs < 1:
+            raise ConfigError(
+                f"screen_rungs={screen_rungs!r}; accepted: an integer >= 1 (nested subsets "
+                "before the whole split)"
+            )
         self.mode = mode
         self.screen_fraction = float(screen_fraction)
         self.screen_k = float(screen_k)
         self.screen_seed = screen_seed
+        self.screen_rungs = screen_rungs
+
+    @property
+    def fractions(self) -> list[float]:
+        """The share of each class in each subset, smallest first."""
+        r = self.screen_rungs
+        return [self.screen_fraction / 4 ** (r - 1 - i) for i in range(r)]
 
     @property
     def multi(self) -> bool:
@@ -100,6 +141,7 @@ class Fidelity:
                 screen_fraction=self.screen_fraction,
                 screen_k=self.screen_k,
                 screen_seed=self.screen_seed,
+                screen_rungs=self.screen_rungs,
             )
         return d
 
@@ -148,18 +190,33 @@ class SearchContext:
         self._values: list[list[float]] = []
         #: masks measured on the whole split (feasible ones with their objective values)
         self.full_masks: set[str] = set()
-        self._full_points: list[tuple[float, tuple[float, ...]]] = []
-        #: candidates dropped after screening, by mask (their subset evaluations)
+        #: (accuracy, costs, mask) of the feasible whole-split evaluations
+        self._full_points: list[tuple[float, tuple[float, ...], str]] = []
+        #: candidates dropped after screening, by mask (their subset evaluations), and the
+        #: images of the subset each was dropped on
         self.screened: dict[str, Evaluation] = {}
+        self.screen_images: dict[str, int] = {}
         self.n_val = len(evaluator.data.val.y)
-        self.subset = (
-            evaluator.validation_subset(self.fidelity.screen_fraction, self.fidelity.screen_seed)
-            if self.fidelity.multi
-            else None
-        )
+        #: the nested screening subsets (positions in the validation split), smallest first
+        self.rungs: list[np.ndarray] = []
+        if self.fidelity.multi:
+            seed = self.fidelity.screen_seed
+            self.rungs = [evaluator.validation_subset(f, seed) for f in self.fidelity.fractions]
+            for small, large in zip(self.rungs, self.rungs[1:]):
+                assert np.isin(small, large).all(), "screening subsets must be nested"
+        self.subset = self.rungs[-1] if self.rungs else None
+        #: per rung: the positions of its images in the largest subset
+        self._rung_pos = [np.searchsorted(self.subset, r) for r in self.rungs]
+        #: which images of the largest subset each mask classifies correctly
+        self._correct: dict[str, np.ndarray] = {}
         self.image_evaluations = 0
         self.screen_evaluations = 0
         self.screened_out = 0
+        self.screened_out_by_rung = [0] * len(self.rungs)
+        self.screen_candidates_by_rung = [0] * len(self.rungs)
+        #: front points measured on the largest subset to pair candidates with
+        self.pairing_evaluations = 0
+        self.screen_image_evaluations = 0
         self.promoted = 0
         for r in db.records(states=None):
             if r.mask is None or not (r.completed or r.screened):
@@ -168,11 +225,12 @@ class SearchContext:
             self.evaluated.add(r.mask)
             if r.screened:
                 self.screened[r.mask] = r.evaluation(self.space)
+                self.screen_images[r.mask] = int(r.fidelity_images or 0)
                 continue
             self.full_masks.add(r.mask)
             if r.feasible:
                 self._values.append(list(r.values or ()))
-                self._add_full_point(r.values or ())
+                self._add_full_point(r.values or (), r.mask)
         self.trials_this_run = 0
         self.max_trials = max_trials if max_trials is not None else 4 * budget + 100
         self.cache_hits = 0
@@ -215,19 +273,21 @@ class SearchContext:
         recorded for this generation, e.g. before a crash).
 
         With ``fidelity="multi"`` a mask not measured on the whole split yet is first
-        evaluated on the validation subset; it is dropped when a feasible full-split point
-        of no higher cost (every cost objective ≤ its own) beats its subset accuracy by
-        more than ``screen_k`` standard errors of the difference.  A dropped candidate is
-        recorded as a PRUNED trial with ``fidelity="subset"`` and its subset evaluation is
-        what the engine gets back; the others are evaluated on the whole split by the
-        evaluator, exactly as without screening.
+        evaluated on the nested validation subsets, smallest first; after each it is
+        dropped when a front point of the whole-split evaluations of no higher cost (every
+        cost objective ≤ its own) beats it on the same images by more than ``screen_k``
+        standard errors of the paired difference (:func:`paired_shortfall`).  A dropped
+        candidate is recorded as a PRUNED trial with ``fidelity="subset"`` (and the images
+        of the subset it was dropped on) and its subset evaluation is what the engine gets
+        back; the others are evaluated on the rest of the validation split, so their
+        accuracy is a whole-split value, every image classified once.
         """
         if not self.fidelity.multi:
             evs = self.evaluator.evaluate_many(masks)
             fid: dict[str, tuple[str, int] | None] = {ev.mask: None for ev in evs}
-        else:
+            self.count_images(evs)
+        else:  # counts its images itself
             evs, fid = self._evaluate_multi(masks)
-        self.count_images(ev for ev in evs if fid[ev.mask] is None or fid[ev.mask][0] == "full")
         for ev in evs:
             self.account(ev, fidelity=fid[ev.mask])
             key = (self.engine, generation, ev.mask)
@@ -247,25 +307,46 @@ class SearchContext:
     def _evaluate_multi(
         self, masks: Sequence[Sequence[int]]
     ) -> tuple[list[Evaluation], dict[str, tuple[str, int] | None]]:
-        space, subset = self.space, self.subset
-        assert subset is not None
+        space, top = self.space, self.subset
+        assert top is not None
         keys = [space.to_bitstring(m) for m in masks]
         distinct = list(dict.fromkeys(keys))
         full_cached = set(self.evaluator.cached(distinct)) | self.full_masks
-        fresh = [k for k in distinct if k not in full_cached and k not in self.screened]
+        alive = [k for k in distinct if k not in full_cached and k not in self.screened]
         dropped: dict[str, Evaluation] = {}
-        if fresh:
-            subs = self.evaluator.subset_evaluate_many(fresh, subset)
-            for ev in subs:
-                if not ev.cache_hit:
-                    self.screen_evaluations += 1
-                    self.image_evaluations += len(subset)
-                if self._dominated(ev):
-                    dropped[ev.mask] = ev
-            self.screened_out += len(dropped)
-            self.promoted += len(fresh) - len(dropped)
+        done = np.zeros(len(top), dtype=bool)  # images of the largest subset measured so far
+        rows = {k: np.zeros(len(top), dtype=bool) for k in alive}
+        for r, pos in enumerate(self._rung_pos):
+            if not alive:
+                break
+            new = np.setdiff1d(pos, np.flatnonzero(done))
+            got = self.evaluator.subset_correct_many(alive, top[new])
+            self.screen_evaluations += len(alive) if r == 0 else 0
+            self.screen_candidates_by_rung[r] += len(alive)
+            self._count_screen_images(len(alive) * len(new))
+            for k, row in zip(alive, got):
+                rows[k][new] = row
+            done[new] = True
+            beaten = self._beaten({k: rows[k][pos] for k in alive}, r)
+            for k in beaten:
+                acc = float(rows[k][pos].mean())
+                dropped[k] = self.evaluator.subset_evaluation(k, acc, self.rungs[r])
+                self.screen_images[k] = len(self.rungs[r])
+            self.screened_out_by_rung[r] += len(beaten)
+            alive = [k for k in alive if k not in beaten]
+        self.screened_out += len(dropped)
+        self.promoted += len(alive)
+        for k in alive:  # measured on every subset image: kept to pair later candidates with
+            self._correct[k] = rows[k]
         full = [k for k in distinct if k not in dropped and k not in self.screened]
-        results = {ev.mask: ev for ev in self.evaluator.evaluate_many(full)} if full else {}
+        # the images of the subsets are measured already: only the others are run
+        known = {k: (top, rows[k]) for k in alive}
+        results = {}
+        if full:
+            results = {ev.mask: ev for ev in self.evaluator.evaluate_many(full, known=known)}
+        for ev in results.values():
+            if not ev.cache_hit:
+                self.image_evaluations += self.n_val - (len(top) if ev.mask in known else 0)
         out: dict[str, Evaluation] = {}
         fid: dict[str, tuple[str, int] | None] = {}
         for k in distinct:
@@ -273,31 +354,63 @@ class SearchContext:
                 out[k], fid[k] = results[k], ("full", self.n_val)
             else:
                 out[k] = dropped.get(k) or self.screened[k]
-                fid[k] = ("subset", len(subset))
+                fid[k] = ("subset", self.screen_images[k])
         return [out[k] for k in keys], fid
+
+    def _count_screen_images(self, n: int) -> None:
+        self.screen_image_evaluations += n
+        self.image_evaluations += n
 
     def _costs(self, values: Sequence[float]) -> tuple[float, ...]:
         return tuple(v for o, v in zip(self.objectives, values) if o.name != "accuracy")
 
-    def _add_full_point(self, values: Sequence[float]) -> None:
+    def _add_full_point(self, values: Sequence[float], mask: str) -> None:
         acc = next(v for o, v in zip(self.objectives, values) if o.name == "accuracy")
-        self._full_points.append((float(acc), self._costs(values)))
+        self._full_points.append((float(acc), self._costs(values), mask))
 
-    def _dominated(self, ev: Evaluation) -> bool:
-        """Whether a screened evaluation is beaten beyond its spread by a full-split point."""
-        n_s, n_f, k = len(self.subset), self.n_val, self.fidelity.screen_k
-        acc = ev["accuracy"]
-        # the subset's proportion estimate kept off 0 and 1 (add-one), so a perfect or
-        # null subset score still has a spread
-        p = (acc * n_s + 1) / (n_s + 2)
-        costs = self._costs(self.db.values_of(ev))
-        for best, c in self._full_points:
-            if best <= acc or any(a > b for a, b in zip(c, costs)):
+    def _front_points(self) -> list[tuple[float, tuple[float, ...], str]]:
+        """The whole-split points no other one dominates (more accurate at no higher cost)."""
+        pts = sorted(self._full_points, key=lambda p: (-p[0], p[1]))
+        front: list[tuple[float, tuple[float, ...], str]] = []
+        for p in pts:
+            if not any(all(a <= b for a, b in zip(q[1], p[1])) for q in front):
+                front.append(p)
+        return front
+
+    def _beaten(self, rows: dict[str, np.ndarray], rung: int) -> set[str]:
+        """The candidates (their correctness on the images of ``rung``) that a whole-split
+        front point of no higher cost beats beyond the spread, on the same images.
+
+        c is dropped when :func:`paired_shortfall` exceeds ``screen_k`` standard errors for
+        some d.
+        """
+        if not rows:
+            return set()
+        pos = self._rung_pos[rung]
+        big_n, k = self.n_val, self.fidelity.screen_k
+        names = [o.name for o in self.objectives if o.name != "accuracy"]
+        front = self._front_points()
+        missing = [p[2] for p in front if p[2] not in self._correct]
+        if missing:  # front points not screened in this run: measure them on the subsets
+            got = self.evaluator.subset_correct_many(missing, self.subset)
+            self.pairing_evaluations += len(missing)
+            self._count_screen_images(len(missing) * len(self.subset))
+            self._correct.update(zip(missing, got))
+        if not front:
+            return set()
+        d = np.stack([self._correct[p[2]][pos] for p in front])
+        d_costs = np.array([p[1] for p in front], dtype=float).reshape(len(front), -1)
+        beaten = set()
+        for key, c in rows.items():
+            costs = self.evaluator.exact_costs(key)
+            c_costs = np.array([costs[m] for m in names], dtype=float)
+            cheaper = (d_costs <= c_costs).all(axis=1)
+            if not cheaper.any():
                 continue
-            se = math.sqrt(p * (1 - p) / n_s + best * (1 - best) / n_f)
-            if best - acc > k * se:
-                return True
-        return False
+            diff, se = paired_shortfall(d[cheaper], c, big_n)
+            if ((diff > k * se) & (diff > 0)).any():
+                beaten.add(key)
+        return beaten
 
     def account(self, ev: Evaluation, *, fidelity: tuple[str, int] | None = None) -> None:
         """Count an evaluation this process got (measured, or from the cache);
@@ -319,7 +432,7 @@ class SearchContext:
         ):
             self._values.append(self.db.values_of(ev))
             if self.fidelity.multi:
-                self._add_full_point(self.db.values_of(ev))
+                self._add_full_point(self.db.values_of(ev), ev.mask)
 
     def count_images(self, evs: Any) -> None:
         """Add the validation images of the whole-split evaluations measured in one batch
@@ -386,9 +499,15 @@ class SearchContext:
             **(
                 {
                     "screen_images": len(self.subset),
+                    "screen_rung_images": [len(r) for r in self.rungs],
+                    # candidates screened (each enters the smallest subset once)
                     "screen_evaluations": self.screen_evaluations,
+                    "screen_candidates_by_rung": self.screen_candidates_by_rung,
                     "screened_out": self.screened_out,
+                    "screened_out_by_rung": self.screened_out_by_rung,
                     "promoted": self.promoted,
+                    "pairing_evaluations": self.pairing_evaluations,
+                    "screen_image_evaluations": self.screen_image_evaluations,
                 }
                 if self.subset is not None
                 else {}
