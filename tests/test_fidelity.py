@@ -275,3 +275,21 @@ def test_paired_shortfall():
     assert diff[1] == 0 and se[1] > 0 and diff[0] > 2 * se[0]
     # the candidate better than the reference: a negative shortfall
     assert paired_shortfall(cand, ref, population)[0][0] == pytest.approx(-0.05)
+
+
+def test_known_images_are_not_run_again(tiny_model, digits, space):
+    ev = Evaluator(tiny_model, digits, space=space)
+    rng = np.random.default_rng(2)
+    masks = [
+        space.to_bitstring(space.mask_from_genes(list(rng.integers(0, 2, 6)))) for _ in range(5)
+    ]
+    idx = ev.validation_subset(0.2)
+    rows = ev.subset_correct_many(masks, idx)
+    known = {m: (idx, r) for m, r in zip(masks[:3], rows)}
+    plain = [e["accuracy"] for e in ev.evaluate_many(masks)]
+    assert [e["accuracy"] for e in ev.evaluate_many(masks, known=known)] == plain
+    # what is known is taken as measured: a wrong row shows in the result
+    lied = {masks[0]: (idx, ~rows[0])}
+    assert ev.evaluate_many(masks[:1], known=lied)[0]["accuracy"] != plain[0]
+    with pytest.raises(ValueError, match="known correctness"):
+        ev.evaluate_many(masks[:1], known={masks[0]: (idx, rows[0][:-1])})
