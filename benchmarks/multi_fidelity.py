@@ -105,7 +105,7 @@ def check_drops(ev, storage: str, name: str) -> dict:
     and the hypervolume of the search's whole-split points with and without them."""
     import numpy as np
 
-    from paretoskip.front import hypervolume
+    from paretoskip.front import hypervolume, nondominated
     from paretoskip.study import StudyDB
 
     db = StudyDB.load(storage, name)
@@ -114,12 +114,7 @@ def check_drops(ev, storage: str, name: str) -> dict:
     dropped = [r.mask for r in db.records(states=None) if r.screened]
     true = [db.values_of(e) for e in ev.evaluate_many(dropped)]
     both = np.array(kept + true, dtype=float)
-    signs = np.array([o.sign for o in objectives])
-    y = both * signs  # minimised
-    strict = [
-        not any(np.all(y[j] <= y[i]) and np.any(y[j] < y[i]) for j in range(len(y)))
-        for i in range(len(kept), len(y))
-    ]
+    strict = nondominated(both, objectives)[len(kept) :]
     hv_kept = hypervolume(np.array(kept, dtype=float), objectives, reference)
     hv_both = hypervolume(both, objectives, reference)
     return {

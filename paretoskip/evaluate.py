@@ -611,6 +611,9 @@ class Evaluator:
             share = (time.perf_counter() - t0) / len(todo)
             for mask, acc in zip(todo, accs):
                 ev = self.subset_evaluation(mask, acc, indices, share)
+                if self.cache is not None:
+                    metrics = {n: m.to_dict() for n, m in ev.metrics.items()}
+                    self.cache.put(key, ev.mask, metrics, share)
                 found[ev.mask] = ev
         return [found[k] for k in keys]
 
@@ -618,18 +621,14 @@ class Evaluator:
         self, mask: Sequence[int] | str, accuracy: float, indices: np.ndarray, seconds: float = 0.0
     ) -> Evaluation:
         """The evaluation of ``mask`` on the validation images at ``indices`` with subset
-        accuracy ``accuracy`` (measured by the caller) and the exact FLOPs and parameters;
-        stored in the cache under :meth:`subset_cache_key`."""
-        indices = np.asarray(indices, dtype=np.int64)
+        accuracy ``accuracy`` (measured by the caller) and the exact FLOPs and parameters
+        (not cached: :meth:`subset_evaluate_many` caches what it measures)."""
         bits = self.space.validate(mask)
         metrics = {
             "accuracy": self._accuracy_metric(accuracy, len(indices), "measured:validation-subset"),
             **self._static(bits),
         }
         k = self.space.to_bitstring(bits)
-        if self.cache is not None:
-            key = self.subset_cache_key(indices)
-            self.cache.put(key, k, {n: m.to_dict() for n, m in metrics.items()}, seconds)
         return Evaluation(k, tuple(self.space.skipped_names(bits)), metrics, False, seconds)
 
     def subset_correct_many(

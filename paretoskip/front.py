@@ -66,11 +66,16 @@ def _minimised(values: np.ndarray, objectives: Sequence[Objective]) -> np.ndarra
     return values * np.array([o.sign for o in objectives])
 
 
-def nondominated(values: np.ndarray, objectives: Sequence[Objective]) -> np.ndarray:
-    """Boolean mask of the rows of ``values`` that no other row dominates."""
+def nondominated(
+    values: np.ndarray, objectives: Sequence[Objective], *, keep_weakly: bool = True
+) -> np.ndarray:
+    """Boolean mask of the rows of ``values`` that no other row dominates (with
+    ``keep_weakly=False``, of rows with the same values only the first)."""
     if len(values) == 0:
         return np.zeros(0, dtype=bool)
-    return np.asarray(moocore.is_nondominated(_minimised(values, objectives), keep_weakly=True))
+    return np.asarray(
+        moocore.is_nondominated(_minimised(values, objectives), keep_weakly=keep_weakly)
+    )
 
 
 def normalise(

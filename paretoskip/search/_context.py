@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..evaluate import Evaluation, Evaluator
-from ..front import hypervolume
+from ..front import hypervolume, nondominated
 from ..progress import NullBar, progress_bar
 from ..study import StudyDB, TrialRecord
 
@@ -190,8 +190,8 @@ class SearchContext:
         self._values: list[list[float]] = []
         #: masks measured on the whole split (feasible ones with their objective values)
         self.full_masks: set[str] = set()
-        #: (accuracy, costs, mask) of the feasible whole-split evaluations
-        self._full_points: list[tuple[float, tuple[float, ...], str]] = []
+        #: (objective values, mask) of the feasible whole-split evaluations
+        self._full_points: list[tuple[Sequence[float], str]] = []
         #: candidates dropped after screening, by mask (their subset evaluations), and the
         #: images of the subset each was dropped on
         self.screened: dict[str, Evaluation] = {}
@@ -210,14 +210,12 @@ class SearchContext:
         #: which images of the largest subset each mask classifies correctly
         self._correct: dict[str, np.ndarray] = {}
         self.image_evaluations = 0
-        self.screen_evaluations = 0
-        self.screened_out = 0
-        self.screened_out_by_rung = [0] * len(self.rungs)
+        #: per rung: the candidates that entered it, and those it dropped
         self.screen_candidates_by_rung = [0] * len(self.rungs)
+        self.screened_out_by_rung = [0] * len(self.rungs)
         #: front points measured on the largest subset to pair candidates with
         self.pairing_evaluations = 0
         self.screen_image_evaluations = 0
-        self.promoted = 0
         for r in db.records(states=None):
             if r.mask is None or not (r.completed or r.screened):
                 continue
@@ -248,6 +246,22 @@ class SearchContext:
             leave=True,
         )
         self.refresh()
+
+    @property
+    def screen_evaluations(self) -> int:
+        """Candidates screened (each enters the smallest subset once)."""
+        return self.screen_candidates_by_rung[0] if self.rungs else 0
+
+    @property
+    def screened_out(self) -> int:
+        return sum(self.screened_out_by_rung)
+
+    @property
+    def promoted(self) -> int:
+        """Candidates that passed every subset (finished on the whole split)."""
+        if not self.rungs:
+            return 0
+        return self.screen_candidates_by_rung[-1] - self.screened_out_by_rung[-1]
 
     # -- budget --------------------------------------------------------------------------
     @property
@@ -321,7 +335,6 @@ class SearchContext:
                 break
             new = np.setdiff1d(pos, np.flatnonzero(done))
             got = self.evaluator.subset_correct_many(alive, top[new])
-            self.screen_evaluations += len(alive) if r == 0 else 0
             self.screen_candidates_by_rung[r] += len(alive)
             self._count_screen_images(len(alive) * len(new))
             for k, row in zip(alive, got):
@@ -334,8 +347,6 @@ class SearchContext:
                 self.screen_images[k] = len(self.rungs[r])
             self.screened_out_by_rung[r] += len(beaten)
             alive = [k for k in alive if k not in beaten]
-        self.screened_out += len(dropped)
-        self.promoted += len(alive)
         for k in alive:  # measured on every subset image: kept to pair later candidates with
             self._correct[k] = rows[k]
         full = [k for k in distinct if k not in dropped and k not in self.screened]
@@ -361,21 +372,8 @@ class SearchContext:
         self.screen_image_evaluations += n
         self.image_evaluations += n
 
-    def _costs(self, values: Sequence[float]) -> tuple[float, ...]:
-        return tuple(v for o, v in zip(self.objectives, values) if o.name != "accuracy")
-
     def _add_full_point(self, values: Sequence[float], mask: str) -> None:
-        acc = next(v for o, v in zip(self.objectives, values) if o.name == "accuracy")
-        self._full_points.append((float(acc), self._costs(values), mask))
-
-    def _front_points(self) -> list[tuple[float, tuple[float, ...], str]]:
-        """The whole-split points no other one dominates (more accurate at no higher cost)."""
-        pts = sorted(self._full_points, key=lambda p: (-p[0], p[1]))
-        front: list[tuple[float, tuple[float, ...], str]] = []
-        for p in pts:
-            if not any(all(a <= b for a, b in zip(q[1], p[1])) for q in front):
-                front.append(p)
-        return front
+        self._full_points.append((tuple(values), mask))
 
     def _beaten(self, rows: dict[str, np.ndarray], rung: int) -> set[str]:
         """The candidates (their correctness on the images of ``rung``) that a whole-split
@@ -386,24 +384,27 @@ class SearchContext:
         """
         if not rows:
             return set()
+        if not self._full_points:
+            return set()
         pos = self._rung_pos[rung]
         big_n, k = self.n_val, self.fidelity.screen_k
-        names = [o.name for o in self.objectives if o.name != "accuracy"]
-        front = self._front_points()
-        missing = [p[2] for p in front if p[2] not in self._correct]
+        names = [o.name for o in self.objectives]
+        cost_cols = [i for i, n in enumerate(names) if n != "accuracy"]
+        values = np.array([v for v, _ in self._full_points], dtype=float)
+        keep = nondominated(values, self.objectives, keep_weakly=False)
+        front = [m for (_, m), kept in zip(self._full_points, keep) if kept]
+        missing = [m for m in front if m not in self._correct]
         if missing:  # front points not screened in this run: measure them on the subsets
             got = self.evaluator.subset_correct_many(missing, self.subset)
             self.pairing_evaluations += len(missing)
             self._count_screen_images(len(missing) * len(self.subset))
             self._correct.update(zip(missing, got))
-        if not front:
-            return set()
-        d = np.stack([self._correct[p[2]][pos] for p in front])
-        d_costs = np.array([p[1] for p in front], dtype=float).reshape(len(front), -1)
+        d = np.stack([self._correct[m][pos] for m in front])
+        d_costs = values[keep][:, cost_cols]
         beaten = set()
         for key, c in rows.items():
             costs = self.evaluator.exact_costs(key)
-            c_costs = np.array([costs[m] for m in names], dtype=float)
+            c_costs = np.array([costs[names[i]] for i in cost_cols], dtype=float)
             cheaper = (d_costs <= c_costs).all(axis=1)
             if not cheaper.any():
                 continue
@@ -500,7 +501,6 @@ class SearchContext:
                 {
                     "screen_images": len(self.subset),
                     "screen_rung_images": [len(r) for r in self.rungs],
-                    # candidates screened (each enters the smallest subset once)
                     "screen_evaluations": self.screen_evaluations,
                     "screen_candidates_by_rung": self.screen_candidates_by_rung,
                     "screened_out": self.screened_out,
