@@ -9,8 +9,14 @@ final front (full-split trials only, the front file's normalisation), the front'
 members, CPU seconds and the load average.  Every accuracy of a multi-fidelity front member
 is checked against a plain full-split evaluation (``Evaluator.naive_accuracy``).
 
+Each run also keeps its trajectory (image-evaluations and hypervolume after each trial), so
+the image-evaluations each search had spent when it first reached 0.995 of the full search's
+final hypervolume are reported too; ``--multi-budget`` lets the multi-fidelity search
+propose more candidates than the full one.
+
     python benchmarks/multi_fidelity.py [--study studies/digits-resnet20.toml]
-        [--seeds 0,1,2] [--budget N] [--screen-fraction 0.2] [--screen-k 2]
+        [--seeds 0,1,2] [--budget N] [--multi-budget N] [--screen-fraction 0.8]
+        [--screen-k 2] [--screen-rungs 5] [--engine NAME] [--check-drops]
         [--out benchmarks/results/multi_fidelity.json]
 
 The study's checkpoint must exist (``paretoskip train STUDY`` makes it).
@@ -22,6 +28,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -34,8 +41,11 @@ import paretoskip
 from paretoskip.cache import EvalCache
 from paretoskip.config import load_study_config
 from paretoskip.pipeline import StudyPipeline
+from paretoskip.search import Fidelity
 
 HERE = Path(__file__).parent
+#: the hypervolume a multi-fidelity search must reach, as a share of the full search's
+TARGET = 0.995
 
 
 def _load() -> list[float]:
@@ -81,6 +91,7 @@ def run_one(pipe: StudyPipeline, *, fidelity: str, seed: int, budget: int, args,
                 mismatches += 1
         if args.check_drops:
             drops = check_drops(ev, storage, front.data["study"]["name"])
+    trajectory = anytime(storage, front.data["study"]["name"], run)
     return {
         "fidelity": fidelity,
         "seed": seed,
@@ -91,12 +102,54 @@ def run_one(pipe: StudyPipeline, *, fidelity: str, seed: int, budget: int, args,
         "front_accuracy_checked": checked,
         "front_accuracy_mismatches": mismatches,
         "dropped_check": drops,
+        "trajectory": trajectory,
         "run": run,
         "cpu_seconds": cpu,
         "wall_seconds": wall,
         "loadavg_before": load0,
         "loadavg_after": _load(),
     }
+
+
+def anytime(storage: str, name: str, run: dict) -> dict:
+    """The search as it went: after each trial (in the order they were recorded) the
+    image-evaluations spent so far and the hypervolume of the whole-split points so far.
+
+    A whole-split trial costs the validation split (a promoted candidate's screening images
+    included), a dropped one the images of the subset it was dropped on; the reference
+    costs nothing (as in the run's count) and the front points measured once on the subsets
+    to pair with are counted at the start.  The last entry is the run's own count."""
+    import numpy as np
+
+    from paretoskip.front import hypervolume
+    from paretoskip.study import StudyDB
+
+    db = StudyDB.load(storage, name)
+    objectives, reference = db.objectives, db.reference_values()
+    n_val = run["validation_images"]
+    spent = run.get("pairing_evaluations", 0) * (run.get("screen_images") or 0)
+    images, hv, points, seen = [], [], [], set()
+    for r in sorted(db.records(states=None), key=lambda r: r.number):
+        if r.mask is None or not (r.completed or r.screened):
+            continue
+        if r.engine != "reference" and r.mask not in seen:  # a mask again: a cache hit
+            spent += r.fidelity_images if r.screened else n_val
+        seen.add(r.mask)
+        if r.completed and r.feasible and r.values:
+            points.append(r.values)
+        images.append(spent)
+        hv.append(hypervolume(np.array(points, dtype=float), objectives, reference))
+    assert spent == run["image_evaluations"], (spent, run["image_evaluations"])
+    return {"image_evaluations": images, "hypervolume": hv}
+
+
+def first_reaching(trajectory: dict, target: float) -> int | None:
+    """The image-evaluations a search had spent when its hypervolume first reached
+    ``target`` (None: it never did)."""
+    for images, hv in zip(trajectory["image_evaluations"], trajectory["hypervolume"]):
+        if hv >= target:
+            return images
+    return None
 
 
 def check_drops(ev, storage: str, name: str) -> dict:
@@ -131,9 +184,17 @@ def main() -> None:
     p.add_argument("--study", default="studies/digits-resnet20.toml")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--budget", type=int, default=None, help="default: the study's")
-    p.add_argument("--screen-fraction", type=float, default=0.2)
-    p.add_argument("--screen-k", type=float, default=2.0)
-    p.add_argument("--screen-rungs", type=int, default=2)
+    p.add_argument(
+        "--multi-budget",
+        type=int,
+        default=None,
+        help="candidates of the multi-fidelity search (default: --budget); the trajectory "
+        "says when it first reached each full search's final hypervolume",
+    )
+    defaults = Fidelity("multi")
+    p.add_argument("--screen-fraction", type=float, default=defaults.screen_fraction)
+    p.add_argument("--screen-k", type=float, default=defaults.screen_k)
+    p.add_argument("--screen-rungs", type=int, default=defaults.screen_rungs)
     p.add_argument("--engine", default=None, help="default: the study's")
     p.add_argument(
         "--check-drops",
@@ -151,6 +212,7 @@ def main() -> None:
     if pipe.needs_training():
         raise SystemExit(f"no checkpoint for {args.study}: run `paretoskip train {args.study}`")
     budget = args.budget or cfg.search.budget or 200
+    multi_budget = args.multi_budget or budget
     # the study's engine settings go with the study's engine only
     if args.engine in (None, cfg.search.engine):
         args.engine, args.engine_options = cfg.search.engine, dict(cfg.search.options)
@@ -161,7 +223,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             for fidelity in ("full", "multi"):
-                r = run_one(pipe, fidelity=fidelity, seed=seed, budget=budget, args=args, tmp=tmp)
+                b = multi_budget if fidelity == "multi" else budget
+                r = run_one(pipe, fidelity=fidelity, seed=seed, budget=b, args=args, tmp=tmp)
                 runs.append(r)
                 print(
                     f"seed {seed} {fidelity:5s}: {r['image_evaluations']:8d} image-evaluations, "
@@ -173,6 +236,9 @@ def main() -> None:
     for seed in seeds:
         full = next(r for r in runs if r["seed"] == seed and r["fidelity"] == "full")
         multi = next(r for r in runs if r["seed"] == seed and r["fidelity"] == "multi")
+        target = TARGET * full["hypervolume"]
+        full_at = first_reaching(full["trajectory"], target)
+        multi_at = first_reaching(multi["trajectory"], target)
         pairs.append(
             {
                 "seed": seed,
@@ -180,6 +246,13 @@ def main() -> None:
                 "hypervolume_ratio": multi["hypervolume"] / full["hypervolume"],
                 "same_strict_front": full["strict_front"] == multi["strict_front"],
                 "cpu_ratio": full["cpu_seconds"] / multi["cpu_seconds"],
+                # the image-evaluations each first had a front of >= TARGET x the full
+                # search's final hypervolume
+                "target_hypervolume": target,
+                "full_images_to_target": full_at,
+                "multi_images_to_target": multi_at,
+                "image_ratio_at_target": full["image_evaluations"] / multi_at if multi_at else None,
+                "image_ratio_both_stopped_at_target": full_at / multi_at if multi_at else None,
             }
         )
     ev = pipe.evaluator(train_if_missing=False, progress=False)
@@ -189,6 +262,8 @@ def main() -> None:
         "engine_options": args.engine_options,
         "objectives": list(cfg.search.objectives),
         "budget": budget,
+        "multi_budget": multi_budget,
+        "target": TARGET,
         "seeds": seeds,
         "validation_images": len(ev.data.val.y),
         "screen_fraction": args.screen_fraction,
@@ -205,6 +280,10 @@ def main() -> None:
             "hypervolume_ratio_mean": statistics.mean(q["hypervolume_ratio"] for q in pairs),
             "hypervolume_ratio_min": min(q["hypervolume_ratio"] for q in pairs),
             "same_strict_front": sum(q["same_strict_front"] for q in pairs),
+            "image_ratio_at_target": [q["image_ratio_at_target"] for q in pairs],
+            "image_ratio_both_stopped_at_target": [
+                q["image_ratio_both_stopped_at_target"] for q in pairs
+            ],
             "front_accuracy_mismatches": sum(r["front_accuracy_mismatches"] for r in runs),
         },
         "runs": runs,
@@ -213,7 +292,13 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    # lists of numbers (the trajectories, masks' accuracies) on one line each
+    text = re.sub(
+        r"\[\s+([-+0-9.eE,\s]+?)\s+\]",
+        lambda m: "[" + " ".join(m.group(1).split()) + "]",
+        json.dumps(result, indent=2),
+    )
+    out.write_text(text + "\n")
     print(json.dumps(result["summary"], indent=2))
     print(f"wrote {out}")
 

@@ -1100,7 +1100,8 @@ def _search_options(p: argparse.ArgumentParser) -> None:
         "--screen-fraction",
         type=float,
         metavar="F",
-        help="share of the validation split candidates are screened on (fidelity multi; default 0.2)",
+        help="share of the validation split in the largest screening subset (fidelity multi; "
+        "default 0.8)",
     )
     p.add_argument(
         "--screen-k",
@@ -1113,8 +1114,8 @@ def _search_options(p: argparse.ArgumentParser) -> None:
         "--screen-rungs",
         type=int,
         metavar="R",
-        help="nested subsets a candidate passes before the whole split, each 4x the one "
-        "before (fidelity multi; default 2: 5%% then 20%% of each class)",
+        help="nested subsets a candidate passes before the whole split, each twice the one "
+        "before (fidelity multi; default 5: 5, 10, 20, 40, 80%% of each class)",
     )
     _device_option(p)
 

@@ -49,7 +49,7 @@ Sections and keys (all optional unless marked *required*):
     e.g. ``pop_size = 24``), ``epsilon`` (per-objective width of the near-Pareto band),
     ``fidelity`` (``"full"``, the default, or ``"multi"``: screen candidates on a stratified
     validation subset first, see :func:`paretoskip.search`) with ``screen_fraction``
-    (default 0.2), ``screen_k`` (default 2) and ``screen_rungs`` (default 2).
+    (default 0.8), ``screen_k`` (default 2) and ``screen_rungs`` (default 5).
 ``[measure]``
     ``latency`` (bool), ``batch_size``, ``repeats``, ``warmup``, ``threads``, ``energy``
     (one of :data:`paretoskip.energy.ENERGY_BACKENDS`), ``energy_seconds``,

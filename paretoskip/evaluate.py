@@ -29,7 +29,7 @@ import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -618,16 +618,25 @@ class Evaluator:
         return [found[k] for k in keys]
 
     def subset_evaluation(
-        self, mask: Sequence[int] | str, accuracy: float, indices: np.ndarray, seconds: float = 0.0
+        self,
+        mask: Sequence[int] | str,
+        accuracy: float,
+        indices: np.ndarray,
+        seconds: float = 0.0,
+        *,
+        source: str = "measured:validation-subset",
+        spread: float | None = None,
     ) -> Evaluation:
-        """The evaluation of ``mask`` on the validation images at ``indices`` with subset
-        accuracy ``accuracy`` (measured by the caller) and the exact FLOPs and parameters
-        (not cached: :meth:`subset_evaluate_many` caches what it measures)."""
+        """The evaluation of ``mask`` from the validation images at ``indices``: accuracy
+        ``accuracy`` (worked out by the caller: the subset accuracy, or with ``source`` and
+        ``spread`` an estimate of the whole-split value and its standard error) and the
+        exact FLOPs and parameters (not cached: :meth:`subset_evaluate_many` caches what it
+        measures)."""
         bits = self.space.validate(mask)
-        metrics = {
-            "accuracy": self._accuracy_metric(accuracy, len(indices), "measured:validation-subset"),
-            **self._static(bits),
-        }
+        acc = self._accuracy_metric(accuracy, len(indices), source)
+        if spread is not None:
+            acc = replace(acc, spread=spread)
+        metrics = {"accuracy": acc, **self._static(bits)}
         k = self.space.to_bitstring(bits)
         return Evaluation(k, tuple(self.space.skipped_names(bits)), metrics, False, seconds)
 

@@ -18,7 +18,8 @@ attribute table and the ``optuna`` command line read well:
   (:mod:`paretoskip.search`, ``fidelity="multi"``): ``"full"`` for a trial measured on the
   whole validation split, ``"subset"`` for a candidate dropped after screening on a
   stratified subset of ``fidelity_images`` images.  A dropped candidate is a PRUNED trial
-  (no values; its low-fidelity accuracy and exact costs in its attributes), so it never
+  (no values; its exact costs and its accuracy estimated from the subset, source
+  ``estimated:paired-validation-subset``, in its attributes), so it never
   enters a front, here or in Optuna's own ``best_trials``.  A trial without ``fidelity``
   was measured on the whole split.
 

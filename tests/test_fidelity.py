@@ -83,7 +83,9 @@ def test_dropped_trials_never_in_the_front(engine, evaluator, tmp_path):
     db = StudyDB.load(storage)
     screened = [r for r in db.records(states=None) if r.screened]
     full = db.records()
-    rung_images = [len(evaluator.validation_subset(f)) for f in (0.05, 0.2)]
+    fractions = Fidelity("multi").fractions
+    assert fractions == [0.05, 0.1, 0.2, 0.4, 0.8]  # the defaults
+    rung_images = [len(evaluator.validation_subset(f)) for f in fractions]
     assert run["screen_rung_images"] == rung_images
     assert len(screened) == run["screened_out"] == front.data["study"]["screened_masks"]
     assert sum(run["screened_out_by_rung"]) == run["screened_out"]
@@ -91,7 +93,9 @@ def test_dropped_trials_never_in_the_front(engine, evaluator, tmp_path):
     assert all(r.fidelity == "subset" and r.fidelity_images in rung_images for r in screened)
     for images, dropped in zip(rung_images, run["screened_out_by_rung"]):
         assert sum(r.fidelity_images == images for r in screened) == dropped
-    assert all(r.metrics["accuracy"]["source"] == "measured:validation-subset" for r in screened)
+    assert all(
+        r.metrics["accuracy"]["source"] == "estimated:paired-validation-subset" for r in screened
+    )
     n_val = len(evaluator.data.val.y)
     told = [r for r in full if r.engine != "reference"]
     assert all(r.fidelity == "full" and r.fidelity_images == n_val for r in told)
@@ -112,8 +116,49 @@ def test_dropped_trials_never_in_the_front(engine, evaluator, tmp_path):
     assert {m["mask"] for m in again.members} == members
 
 
-# the surrogate's structured start skips masks the study holds, the reference among them;
-# NSGA-II's first population has the full model and measures it again (without a cache)
+def test_dropped_accuracy_is_the_paired_estimate(digits, space, tmp_path):
+    """A dropped candidate records (and tells its engine) its accuracy estimated on the
+    whole split's scale: the accuracy of the front point that beat it on the same images
+    less the paired shortfall, with that shortfall's standard error; below the accuracy of
+    a whole-split point of no higher cost, so dominated, as screening found."""
+    from paretoskip.search import paired_shortfall
+    from paretoskip.train import train_model
+
+    model = train_model("resnet20", digits, recipe="stochastic-depth", epochs=6, progress=False)
+    evaluator = Evaluator(model.model, digits, space=space)
+    storage = str(tmp_path / "s.db")
+    multi(evaluator, storage, 40, screen_k=1.0, seed=3)
+    records = StudyDB.load(storage).records(states=None)
+    screened = [r for r in records if r.screened]
+    full = [
+        (r.metrics["flops"]["value"], r.metrics["accuracy"]["value"])
+        for r in records
+        if r.completed
+    ]
+    assert len(screened) >= 8
+    n_val = len(digits.val.y)
+    # the subsets are drawn with the search's seed
+    fractions = Fidelity("multi").fractions
+    subsets = {len(idx): idx for idx in (evaluator.validation_subset(f, 3) for f in fractions)}
+    for r in screened:
+        acc = r.metrics["accuracy"]
+        assert acc["source"] == "estimated:paired-validation-subset"
+        assert 0 <= acc["value"] <= 1 and acc["spread"] > 0
+        flops = r.metrics["flops"]["value"]
+        beating = [(f, a) for f, a in full if f <= flops and a > acc["value"]]
+        assert beating, r.mask
+        # the estimate is one of the paired estimates against a cheaper whole-split point
+        idx = subsets[r.fidelity_images]
+        c = evaluator.subset_correct_many([r.mask], idx)[0]
+        cheaper = [
+            rec for rec in records if rec.completed and rec.metrics["flops"]["value"] <= flops
+        ]
+        d = evaluator.subset_correct_many([rec.mask for rec in cheaper], idx)
+        diff, se = paired_shortfall(d, c, n_val)
+        est = np.array([rec.metrics["accuracy"]["value"] for rec in cheaper]) - diff
+        assert np.isclose(est, acc["value"]).any() and np.isclose(se, acc["spread"]).any()
+
+
 @pytest.mark.parametrize("engine,remeasured", [("pymoo-nsga2", 1), ("surrogate", 0)])
 def test_image_evaluations_are_counted(evaluator, tmp_path, engine, remeasured):
     plain = paretoskip.search(
@@ -127,18 +172,21 @@ def test_image_evaluations_are_counted(evaluator, tmp_path, engine, remeasured):
     front = multi(evaluator, str(tmp_path / "b.db"), 30, seed=3, engine=engine)
     run = front.data["study"]["run"]
     # a promoted candidate runs only the images its screening did not
-    small, large = run["screen_rung_images"]
+    sizes = run["screen_rung_images"]
+    large = sizes[-1]
+    assert len(sizes) == 5 and sizes == sorted(set(sizes))
     assert run["image_evaluations"] == (
         run["screen_image_evaluations"] + (n_val - large) * run["promoted"] + n_val * remeasured
     )
     # each rung measures the images the one before did not, on the candidates it kept
-    into = run["screen_candidates_by_rung"]
+    into, out = run["screen_candidates_by_rung"], run["screened_out_by_rung"]
+    new_images = np.diff([0, *sizes])
     assert run["screen_image_evaluations"] == (
-        into[0] * small + into[1] * (large - small) + run["pairing_evaluations"] * large
+        int(np.dot(into, new_images)) + run["pairing_evaluations"] * large
     )
     assert into[0] == run["screen_evaluations"] == run["screened_out"] + run["promoted"]
-    assert into[1] == into[0] - run["screened_out_by_rung"][0]
-    assert run["promoted"] == into[1] - run["screened_out_by_rung"][1]
+    assert into[1:] == [a - b for a, b in zip(into, out)][:-1]
+    assert run["promoted"] == into[-1] - out[-1]
 
 
 def test_resume_of_a_multi_fidelity_study(evaluator, tmp_path):

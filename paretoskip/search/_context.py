@@ -27,6 +27,9 @@ log = logging.getLogger("paretoskip.search")
 FIDELITIES = ("full", "multi")
 #: Objectives a multi-fidelity search screens on: accuracy, and costs counted exactly.
 _EXACT_COSTS = ("flops", "params")
+#: The source of a dropped candidate's accuracy: estimated from the subset, paired with a
+#: whole-split front point (see :meth:`SearchContext._beaten`).
+_PAIRED_SOURCE = "estimated:paired-validation-subset"
 
 
 def paired_shortfall(
@@ -66,18 +69,19 @@ class Fidelity:
             ``screen_k`` standard errors of the paired difference.
         screen_seed: seeds the subset draw.
         screen_rungs: the number of nested subsets a candidate passes before the whole
-            split, each 4× the one before and the last ``screen_fraction`` (2: 5 % then
-            20 % of each class); a candidate dropped on a small one costs only its images.
+            split, each twice the one before and the last ``screen_fraction`` (5 with
+            0.8: 5, 10, 20, 40 and 80 % of each class); a candidate dropped on a small one
+            costs only its images.
     """
 
     def __init__(
         self,
         mode: str = "full",
         *,
-        screen_fraction: float = 0.2,
+        screen_fraction: float = 0.8,
         screen_k: float = 2.0,
         screen_seed: int = 0,
-        screen_rungs: int = 2,
+        screen_rungs: int = 5,
     ):
         if mode not in FIDELITIES:
             raise ConfigError(f"fidelity={mode!r}; accepted: {', '.join(map(repr, FIDELITIES))}")
@@ -115,7 +119,7 @@ class Fidelity:
     def fractions(self) -> list[float]:
         """The share of each class in each subset, smallest first."""
         r = self.screen_rungs
-        return [self.screen_fraction / 4 ** (r - 1 - i) for i in range(r)]
+        return [self.screen_fraction / 2 ** (r - 1 - i) for i in range(r)]
 
     @property
     def multi(self) -> bool:
@@ -292,8 +296,9 @@ class SearchContext:
         cost objective ≤ its own) beats it on the same images by more than ``screen_k``
         standard errors of the paired difference (:func:`paired_shortfall`).  A dropped
         candidate is recorded as a PRUNED trial with ``fidelity="subset"`` (and the images
-        of the subset it was dropped on) and its subset evaluation is what the engine gets
-        back; the others are evaluated on the rest of the validation split, so their
+        of the subset it was dropped on), its accuracy estimated on the whole split's scale
+        from the front point that beat it (see :meth:`_beaten`); that evaluation is what the
+        engine gets back.  The others are evaluated on the rest of the validation split, so their
         accuracy is a whole-split value, every image classified once.
         """
         if not self.fidelity.multi:
@@ -341,9 +346,10 @@ class SearchContext:
                 rows[k][new] = row
             done[new] = True
             beaten = self._beaten({k: rows[k][pos] for k in alive}, r)
-            for k in beaten:
-                acc = float(rows[k][pos].mean())
-                dropped[k] = self.evaluator.subset_evaluation(k, acc, self.rungs[r])
+            for k, (acc, se) in beaten.items():
+                dropped[k] = self.evaluator.subset_evaluation(
+                    k, acc, self.rungs[r], source=_PAIRED_SOURCE, spread=se
+                )
                 self.screen_images[k] = len(self.rungs[r])
             self.screened_out_by_rung[r] += len(beaten)
             alive = [k for k in alive if k not in beaten]
@@ -375,17 +381,20 @@ class SearchContext:
     def _add_full_point(self, values: Sequence[float], mask: str) -> None:
         self._full_points.append((tuple(values), mask))
 
-    def _beaten(self, rows: dict[str, np.ndarray], rung: int) -> set[str]:
+    def _beaten(self, rows: dict[str, np.ndarray], rung: int) -> dict[str, tuple[float, float]]:
         """The candidates (their correctness on the images of ``rung``) that a whole-split
-        front point of no higher cost beats beyond the spread, on the same images.
+        front point of no higher cost beats beyond the spread, on the same images, each with
+        its estimated whole-split accuracy and that estimate's standard error.
 
         c is dropped when :func:`paired_shortfall` exceeds ``screen_k`` standard errors for
-        some d.
+        some d.  Its accuracy is then estimated on the whole split's scale as d's (exact)
+        accuracy less the paired shortfall, for the d that beats it with the smallest
+        standard error: below a point of no higher cost, so dominated, as screening found.
+        (The plain subset accuracy is not: a subset easier than the whole split lifts every
+        candidate's, and a dropped candidate could then seem to beat the front.)
         """
-        if not rows:
-            return set()
-        if not self._full_points:
-            return set()
+        if not rows or not self._full_points:
+            return {}
         pos = self._rung_pos[rung]
         big_n, k = self.n_val, self.fidelity.screen_k
         names = [o.name for o in self.objectives]
@@ -401,7 +410,8 @@ class SearchContext:
             self._correct.update(zip(missing, got))
         d = np.stack([self._correct[m][pos] for m in front])
         d_costs = values[keep][:, cost_cols]
-        beaten = set()
+        d_acc = values[keep][:, names.index("accuracy")]
+        beaten = {}
         for key, c in rows.items():
             costs = self.evaluator.exact_costs(key)
             c_costs = np.array([costs[names[i]] for i in cost_cols], dtype=float)
@@ -409,8 +419,11 @@ class SearchContext:
             if not cheaper.any():
                 continue
             diff, se = paired_shortfall(d[cheaper], c, big_n)
-            if ((diff > k * se) & (diff > 0)).any():
-                beaten.add(key)
+            beats = (diff > k * se) & (diff > 0)
+            if beats.any():
+                best = np.flatnonzero(beats)[np.argmin(se[beats])]
+                estimate = max(float(d_acc[cheaper][best] - diff[best]), 0.0)
+                beaten[key] = (estimate, float(se[best]))
         return beaten
 
     def account(self, ev: Evaluation, *, fidelity: tuple[str, int] | None = None) -> None:
