@@ -17,6 +17,7 @@ propose more candidates than the full one.
     python benchmarks/multi_fidelity.py [--study studies/digits-resnet20.toml]
         [--seeds 0,1,2] [--budget N] [--multi-budget N] [--screen-fraction 0.8]
         [--screen-k 2] [--screen-rungs 5] [--engine NAME] [--check-drops]
+        [--full-from RESULT]
         [--out benchmarks/results/multi_fidelity.json]
 
 The study's checkpoint must exist (``paretoskip train STUDY`` makes it).
@@ -143,6 +144,21 @@ def anytime(storage: str, name: str, run: dict) -> dict:
     return {"image_evaluations": images, "hypervolume": hv}
 
 
+def reused_full_runs(path: str, args, budget: int, seeds: list[int]) -> dict[int, dict]:
+    """The whole-split runs of an earlier result of this benchmark, by seed: a search
+    without screening does not depend on the screening options, and its image-evaluations
+    and front are deterministic, so only its CPU times are of another run.  Refused unless
+    the study, engine and budget are the same."""
+    old = json.loads(Path(path).read_text())
+    same = (old["study"], old["engine"], old["engine_options"], old["budget"])
+    if same != (args.study, args.engine, args.engine_options, budget):
+        raise SystemExit(f"{path}: another study, engine or budget ({same})")
+    got = {r["seed"]: r for r in old["runs"] if r["fidelity"] == "full" and r["seed"] in seeds}
+    if set(got) != set(seeds):
+        raise SystemExit(f"{path}: no whole-split run for seeds {sorted(set(seeds) - set(got))}")
+    return {seed: dict(r, reused_from=path) for seed, r in got.items()}
+
+
 def first_reaching(trajectory: dict, target: float) -> int | None:
     """The image-evaluations a search had spent when its hypervolume first reached
     ``target`` (None: it never did)."""
@@ -202,6 +218,13 @@ def main() -> None:
         help="after each multi-fidelity search, evaluate its dropped candidates on the whole "
         "split (not counted) to measure what screening lost",
     )
+    p.add_argument(
+        "--full-from",
+        metavar="RESULT",
+        help="take the searches without screening from an earlier result file of this "
+        "benchmark (same study, engine, budget; deterministic but for CPU times) instead "
+        "of running them again",
+    )
     p.add_argument("--out", default=str(HERE / "results" / "multi_fidelity.json"))
     args = p.parse_args()
     logging.getLogger("paretoskip").setLevel(logging.WARNING)
@@ -219,10 +242,15 @@ def main() -> None:
     else:
         args.engine_options = {}
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = []
+    runs, reused = [], {}
+    if args.full_from:
+        reused = reused_full_runs(args.full_from, args, budget, seeds)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             for fidelity in ("full", "multi"):
+                if fidelity == "full" and seed in reused:
+                    runs.append(reused[seed])
+                    continue
                 b = multi_budget if fidelity == "multi" else budget
                 r = run_one(pipe, fidelity=fidelity, seed=seed, budget=b, args=args, tmp=tmp)
                 runs.append(r)
