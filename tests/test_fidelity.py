@@ -159,6 +159,8 @@ def test_dropped_accuracy_is_the_paired_estimate(digits, space, tmp_path):
         assert np.isclose(est, acc["value"]).any() and np.isclose(se, acc["spread"]).any()
 
 
+# the surrogate's structured start skips masks the study holds, the reference among them;
+# NSGA-II's first population has the full model and measures it again (without a cache)
 @pytest.mark.parametrize("engine,remeasured", [("pymoo-nsga2", 1), ("surrogate", 0)])
 def test_image_evaluations_are_counted(evaluator, tmp_path, engine, remeasured):
     plain = paretoskip.search(

@@ -298,8 +298,8 @@ class SearchContext:
         candidate is recorded as a PRUNED trial with ``fidelity="subset"`` (and the images
         of the subset it was dropped on), its accuracy estimated on the whole split's scale
         from the front point that beat it (see :meth:`_beaten`); that evaluation is what the
-        engine gets back.  The others are evaluated on the rest of the validation split, so their
-        accuracy is a whole-split value, every image classified once.
+        engine gets back.  The others are evaluated on the rest of the validation split, so
+        their accuracy is a whole-split value, every image classified once.
         """
         if not self.fidelity.multi:
             evs = self.evaluator.evaluate_many(masks)
