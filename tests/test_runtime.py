@@ -11,6 +11,8 @@ import gc
 import json
 import logging
 import math
+import sys
+import time
 import tracemalloc
 
 import pytest
@@ -423,7 +425,9 @@ def _memory_growth(fn, n=1000):
 
     Retained bytes count only blocks allocated under a call made from this file, so a
     background thread an earlier test left running (a database pool, a heartbeat, a progress
-    monitor) cannot add to them; the peak is tracemalloc's, over every thread.
+    monitor) cannot add to them. The peak is tracemalloc's, over every thread, so the calls
+    run with a switch interval far longer than the loop: fn is pure Python and never
+    releases the GIL, so no other thread runs (and allocates) while they do.
     """
     own = [
         tracemalloc.Filter(True, __file__, all_frames=True),
@@ -435,16 +439,21 @@ def _memory_growth(fn, n=1000):
             f(k)
         gc.collect()
         tracemalloc.start(16)  # frames enough to reach this file's call from any allocation
+        interval = sys.getswitchinterval()
         try:
+            sys.setswitchinterval(60.0)
+            time.sleep(0.001)  # a thread already due the GIL takes its turn now, not in the loop
             tracemalloc.reset_peak()
             b0 = tracemalloc.get_traced_memory()[0]
             for k in range(n):
                 f(k)
             peak = tracemalloc.get_traced_memory()[1]
+            sys.setswitchinterval(interval)
             retained = sum(
                 s.size for s in tracemalloc.take_snapshot().filter_traces(own).statistics("lineno")
             )
         finally:
+            sys.setswitchinterval(interval)
             tracemalloc.stop()
         return retained, peak - b0
 
