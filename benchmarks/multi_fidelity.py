@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import statistics
@@ -40,6 +41,7 @@ import torch
 
 import paretoskip
 from paretoskip.cache import EvalCache
+from paretoskip.checkpoint import weights_fingerprint
 from paretoskip.config import load_study_config
 from paretoskip.pipeline import StudyPipeline
 from paretoskip.search import Fidelity
@@ -144,18 +146,42 @@ def anytime(storage: str, name: str, run: dict) -> dict:
     return {"image_evaluations": images, "hypervolume": hv}
 
 
-def reused_full_runs(path: str, args, budget: int, seeds: list[int]) -> dict[int, dict]:
+def reused_full_runs(
+    path: str, args, budget: int, seeds: list[int], ev, fingerprint: str
+) -> dict[int, dict]:
     """The whole-split runs of an earlier result of this benchmark, by seed: a search
     without screening does not depend on the screening options, and its image-evaluations
     and front are deterministic, so only its CPU times are of another run.  Refused unless
-    the study, engine and budget are the same."""
+    the study, engine and budget are the same, and the checkpoint too: its fingerprint
+    where the result records one, and in any case each run's strict front measured again
+    with this checkpoint must give the hypervolume the result records (a retrained model
+    that differs fails it)."""
+    import numpy as np
+
+    from paretoskip.front import hypervolume
+    from paretoskip.metrics import parse_objectives
+
     old = json.loads(Path(path).read_text())
     same = (old["study"], old["engine"], old["engine_options"], old["budget"])
     if same != (args.study, args.engine, args.engine_options, budget):
         raise SystemExit(f"{path}: another study, engine or budget ({same})")
+    if old.get("checkpoint_fingerprint", fingerprint) != fingerprint:
+        raise SystemExit(f"{path}: measured with another checkpoint than {args.study}'s")
     got = {r["seed"]: r for r in old["runs"] if r["fidelity"] == "full" and r["seed"] in seeds}
     if set(got) != set(seeds):
         raise SystemExit(f"{path}: no whole-split run for seeds {sorted(set(seeds) - set(got))}")
+    objectives = parse_objectives(old["objectives"])
+    (full,) = ev.evaluate_many([ev.space.full])
+    reference = {k: m.value for k, m in full.metrics.items()}
+    for seed, r in got.items():
+        evs = ev.evaluate_many(r["strict_front"])
+        values = np.array([[e[o.name] for o in objectives] for e in evs], dtype=float)
+        hv = hypervolume(values, objectives, reference)
+        if not math.isclose(hv, r["hypervolume"], rel_tol=1e-9):
+            raise SystemExit(
+                f"{path}: seed {seed}'s front measured again gives HV {hv!r}, the result "
+                f"{r['hypervolume']!r}: measured with another checkpoint than {args.study}'s"
+            )
     return {seed: dict(r, reused_from=path) for seed, r in got.items()}
 
 
@@ -243,8 +269,10 @@ def main() -> None:
         args.engine_options = {}
     seeds = [int(s) for s in args.seeds.split(",")]
     runs, reused = [], {}
+    ev = pipe.evaluator(train_if_missing=False, progress=False)
+    fingerprint = weights_fingerprint(ev.model)
     if args.full_from:
-        reused = reused_full_runs(args.full_from, args, budget, seeds)
+        reused = reused_full_runs(args.full_from, args, budget, seeds, ev, fingerprint)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             for fidelity in ("full", "multi"):
@@ -283,9 +311,9 @@ def main() -> None:
                 "image_ratio_both_stopped_at_target": full_at / multi_at if multi_at else None,
             }
         )
-    ev = pipe.evaluator(train_if_missing=False, progress=False)
     result = {
         "study": args.study,
+        "checkpoint_fingerprint": fingerprint,
         "engine": args.engine,
         "engine_options": args.engine_options,
         "objectives": list(cfg.search.objectives),

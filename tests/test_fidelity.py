@@ -118,8 +118,9 @@ def test_dropped_trials_never_in_the_front(engine, evaluator, tmp_path):
 
 def test_dropped_accuracy_is_the_paired_estimate(digits, space, tmp_path):
     """A dropped candidate records (and tells its engine) its accuracy estimated on the
-    whole split's scale: the accuracy of the front point that beat it on the same images
-    less the paired shortfall, with that shortfall's standard error; below the accuracy of
+    whole split's scale: the accuracy of what beat it on the same images (a front point,
+    exact; or a batch-mate, itself measured or estimated) less the paired shortfall, with
+    that shortfall's standard error (combined with the batch-mate's); below the accuracy of
     a whole-split point of no higher cost, so dominated, as screening found."""
     from paretoskip.search import paired_shortfall
     from paretoskip.train import train_model
@@ -127,7 +128,8 @@ def test_dropped_accuracy_is_the_paired_estimate(digits, space, tmp_path):
     model = train_model("resnet20", digits, recipe="stochastic-depth", epochs=6, progress=False)
     evaluator = Evaluator(model.model, digits, space=space)
     storage = str(tmp_path / "s.db")
-    multi(evaluator, storage, 40, screen_k=1.0, seed=3)
+    run = multi(evaluator, storage, 40, screen_k=1.0, seed=3).data["study"]["run"]
+    assert 0 < run["screened_out_by_peer"] < run["screened_out"]
     records = StudyDB.load(storage).records(states=None)
     screened = [r for r in records if r.screened]
     full = [
@@ -147,16 +149,75 @@ def test_dropped_accuracy_is_the_paired_estimate(digits, space, tmp_path):
         flops = r.metrics["flops"]["value"]
         beating = [(f, a) for f, a in full if f <= flops and a > acc["value"]]
         assert beating, r.mask
-        # the estimate is one of the paired estimates against a cheaper whole-split point
+        # the estimate is one of the paired estimates against a trial of no higher cost
         idx = subsets[r.fidelity_images]
         c = evaluator.subset_correct_many([r.mask], idx)[0]
         cheaper = [
-            rec for rec in records if rec.completed and rec.metrics["flops"]["value"] <= flops
+            rec
+            for rec in records
+            if (rec.completed or rec.screened)
+            and rec.mask != r.mask
+            and rec.metrics["flops"]["value"] <= flops
         ]
         d = evaluator.subset_correct_many([rec.mask for rec in cheaper], idx)
         diff, se = paired_shortfall(d, c, n_val)
         est = np.array([rec.metrics["accuracy"]["value"] for rec in cheaper]) - diff
-        assert np.isclose(est, acc["value"]).any() and np.isclose(se, acc["spread"]).any()
+        # a whole-split accuracy counts as exact; an estimate brings its own SE
+        spread = np.array(
+            [rec.metrics["accuracy"]["spread"] if rec.screened else 0.0 for rec in cheaper]
+        )
+        se = np.hypot(spread, se)
+        assert (np.isclose(est, acc["value"]) & np.isclose(se, acc["spread"])).any()
+
+
+@pytest.mark.parametrize(
+    "constraints,peer_feasible",
+    [
+        ((), True),
+        (("accuracy >= 0.05",), True),
+        ("cheap-infeasible", False),
+        (("accuracy <= 0.99",), False),
+    ],
+)
+def test_a_batch_mate_drops_a_candidate_only_where_it_stays_feasible(
+    evaluator, tmp_path, constraints, peer_feasible
+):
+    """A candidate that a cheaper candidate of its batch beats on the same images is
+    dropped, paired with it; never by a costlier one, nor by one a cost constraint makes
+    infeasible, nor under a constraint (accuracy from above) that could make the beater
+    infeasible while the candidate is feasible."""
+    from paretoskip.search import SearchContext, open_study, paired_shortfall
+
+    space = evaluator.space
+    cheap = space.to_bitstring(space.mask_from_genes([1, 1, 1, 0, 0, 0]))
+    dear = space.to_bitstring(space.mask_from_genes([1, 0, 0, 0, 0, 0]))
+    flops = {m: evaluator.exact_costs(m)["flops"] for m in (cheap, dear, space.full)}
+    assert flops[cheap] < flops[dear] < flops[space.full]
+    if constraints == "cheap-infeasible":  # bounds FLOPs between the two
+        share = (flops[cheap] + flops[dear]) / 2 / flops[space.full]
+        constraints = (f"flops >= {share:.6f} * full",)
+    db = open_study(evaluator, constraints=constraints, storage=str(tmp_path / "s.db"))
+    ctx = SearchContext(
+        evaluator,
+        db,
+        engine="t",
+        budget=10,
+        timeout=None,
+        progress=False,
+        fidelity=Fidelity("multi"),
+    )
+    right, half = np.ones(40, dtype=bool), np.arange(40) % 2 == 0
+    # the costlier one far behind: dropped, paired with the cheaper
+    got = ctx._beaten_by_peer({cheap: right, dear: half})
+    if peer_feasible:
+        diff, se = paired_shortfall(right, half, len(evaluator.data.val.y))
+        assert got == {dear: (cheap, pytest.approx(diff[0]), pytest.approx(se[0]))}
+        assert diff[0] == 0.5
+    else:
+        assert got == {}
+    # the cheaper one behind: a costlier candidate does not dominate it
+    assert ctx._beaten_by_peer({cheap: half, dear: right}) == {}
+    assert ctx._beaten_by_peer({dear: half}) == {}
 
 
 # the surrogate's structured start skips masks the study holds, the reference among them;

@@ -65,8 +65,9 @@ class Fidelity:
         screen_fraction: the share of each class of the validation split in the largest
             subset.
         screen_k: a candidate is dropped when, on the same subset images, a front point of
-            the whole-split evaluations of no higher cost beats it by more than
-            ``screen_k`` standard errors of the paired difference.
+            the whole-split evaluations (or another candidate of its batch) of no higher
+            cost beats it by more than ``screen_k`` standard errors of the paired
+            difference.
         screen_seed: seeds the subset draw.
         screen_rungs: the number of nested subsets a candidate passes before the whole
             split, each twice the one before and the last ``screen_fraction`` (5 with
@@ -217,6 +218,12 @@ class SearchContext:
         #: per rung: the candidates that entered it, and those it dropped
         self.screen_candidates_by_rung = [0] * len(self.rungs)
         self.screened_out_by_rung = [0] * len(self.rungs)
+        #: of those, the candidates a batch-mate beat (see :meth:`_beaten_by_peer`)
+        self.peer_screened_out = 0
+        self._peers_pair = all(
+            c.metric in _EXACT_COSTS or (c.metric == "accuracy" and c.op == ">=")
+            for c in self.constraints
+        )
         #: front points measured on the largest subset to pair candidates with
         self.pairing_evaluations = 0
         self.screen_image_evaluations = 0
@@ -294,11 +301,14 @@ class SearchContext:
         evaluated on the nested validation subsets, smallest first; after each it is
         dropped when a front point of the whole-split evaluations of no higher cost (every
         cost objective ≤ its own) beats it on the same images by more than ``screen_k``
-        standard errors of the paired difference (:func:`paired_shortfall`).  A dropped
-        candidate is recorded as a PRUNED trial with ``fidelity="subset"`` (and the images
-        of the subset it was dropped on), its accuracy estimated on the whole split's scale
-        from the front point that beat it (see :meth:`_beaten`); that evaluation is what the
-        engine gets back.  The others are evaluated on the rest of the validation split, so
+        standard errors of the paired difference (:func:`paired_shortfall`), or else
+        another candidate of the batch still in the running does
+        (:meth:`_beaten_by_peer`).  A dropped candidate is recorded as a PRUNED trial
+        with ``fidelity="subset"`` (and the images of the subset it was dropped on), its
+        accuracy estimated on the whole split's scale from what beat it (see
+        :meth:`_beaten`; against a batch-mate, that one's whole-split accuracy or
+        estimate, the standard errors combined); that evaluation is what the engine gets
+        back.  The others are evaluated on the rest of the validation split, so
         their accuracy is a whole-split value, every image classified once.
         """
         if not self.fidelity.multi:
@@ -333,6 +343,8 @@ class SearchContext:
         full_cached = set(self.evaluator.cached(distinct)) | self.full_masks
         alive = [k for k in distinct if k not in full_cached and k not in self.screened]
         dropped: dict[str, Evaluation] = {}
+        #: candidates a batch-mate beat: (that batch-mate, shortfall, its SE, rung)
+        peer_drops: dict[str, tuple[str, float, float, int]] = {}
         done = np.zeros(len(top), dtype=bool)  # images of the largest subset measured so far
         rows = {k: np.zeros(len(top), dtype=bool) for k in alive}
         for r, pos in enumerate(self._rung_pos):
@@ -351,11 +363,21 @@ class SearchContext:
                     k, acc, self.rungs[r], source=_PAIRED_SOURCE, spread=se
                 )
                 self.screen_images[k] = len(self.rungs[r])
-            self.screened_out_by_rung[r] += len(beaten)
             alive = [k for k in alive if k not in beaten]
+            peers = self._beaten_by_peer({k: rows[k][pos] for k in alive})
+            for k, drop in peers.items():
+                peer_drops[k] = (*drop, r)
+                self.screen_images[k] = len(self.rungs[r])
+            self.screened_out_by_rung[r] += len(beaten) + len(peers)
+            self.peer_screened_out += len(peers)
+            alive = [k for k in alive if k not in peers]
         for k in alive:  # measured on every subset image: kept to pair later candidates with
             self._correct[k] = rows[k]
-        full = [k for k in distinct if k not in dropped and k not in self.screened]
+        full = [
+            k
+            for k in distinct
+            if k not in dropped and k not in peer_drops and k not in self.screened
+        ]
         # the images of the subsets are measured already: only the others are run
         known = {k: (top, rows[k]) for k in alive}
         results = {}
@@ -364,6 +386,27 @@ class SearchContext:
         for ev in results.values():
             if not ev.cache_hit:
                 self.image_evaluations += self.n_val - (len(top) if ev.mask in known else 0)
+        estimates: dict[str, tuple[float, float]] = {}
+
+        def estimate(k: str) -> tuple[float, float]:
+            """k's accuracy on the whole split's scale and its SE: exact when measured
+            there, else from what beat it (a chain ends: a batch-mate that beat k was
+            alive on the subset k was dropped on, and beat it there)."""
+            if k in results:
+                return float(results[k]["accuracy"]), 0.0
+            if k in dropped:
+                return float(dropped[k]["accuracy"]), float(dropped[k].metrics["accuracy"].spread)
+            if k not in estimates:
+                peer, diff, se, _ = peer_drops[k]
+                acc, acc_se = estimate(peer)
+                estimates[k] = (max(acc - diff, 0.0), math.hypot(acc_se, se))
+            return estimates[k]
+
+        for k, (_, _, _, r) in peer_drops.items():
+            acc, se = estimate(k)
+            dropped[k] = self.evaluator.subset_evaluation(
+                k, acc, self.rungs[r], source=_PAIRED_SOURCE, spread=se
+            )
         out: dict[str, Evaluation] = {}
         fid: dict[str, tuple[str, int] | None] = {}
         for k in distinct:
@@ -424,6 +467,46 @@ class SearchContext:
                 best = np.flatnonzero(beats)[np.argmin(se[beats])]
                 estimate = max(float(d_acc[cheaper][best] - diff[best]), 0.0)
                 beaten[key] = (estimate, float(se[best]))
+        return beaten
+
+    def _beaten_by_peer(self, rows: dict[str, np.ndarray]) -> dict[str, tuple[str, float, float]]:
+        """The candidates (their correctness on one subset's images) that another candidate
+        of the same batch, of no higher cost, beats beyond the spread on the same images,
+        each with that batch-mate, the paired shortfall and its standard error.
+
+        Such a candidate is no front member either: the batch-mate that beat it is
+        finished on the whole split, or dropped because something of no higher cost beat
+        it in turn.  A batch-mate pairs only where the study's constraints cannot make it
+        infeasible while the candidate is feasible: every constraint bounds an exactly
+        counted cost (checked for the batch-mate) or bounds accuracy from below.
+        """
+        if len(rows) < 2 or not self._peers_pair:
+            return {}
+        names = [o.name for o in self.objectives]
+        cost_names = [n for n in names if n != "accuracy"]
+        keys = list(rows)
+        exact = [self.evaluator.exact_costs(k) for k in keys]
+        costs = np.array([[e[n] for n in cost_names] for e in exact], dtype=float)
+        cost_bounds = [c for c in self.constraints if c.metric != "accuracy"]
+        if cost_bounds and not self.reference:
+            return {}
+        feasible = np.array(
+            [all(c.violation(e, self.reference) <= 0 for c in cost_bounds) for e in exact]
+        )
+        correct = np.stack([rows[k] for k in keys])
+        k_se = self.fidelity.screen_k
+        beaten = {}
+        for j, key in enumerate(keys):
+            peers = feasible & (costs <= costs[j]).all(axis=1)
+            peers[j] = False
+            if not peers.any():
+                continue
+            diff, se = paired_shortfall(correct[peers], correct[j], self.n_val)
+            beats = (diff > k_se * se) & (diff > 0)
+            if beats.any():
+                best = np.flatnonzero(beats)[np.argmin(se[beats])]
+                peer = [keys[i] for i in np.flatnonzero(peers)][best]
+                beaten[key] = (peer, float(diff[best]), float(se[best]))
         return beaten
 
     def account(self, ev: Evaluation, *, fidelity: tuple[str, int] | None = None) -> None:
@@ -518,6 +601,7 @@ class SearchContext:
                     "screen_candidates_by_rung": self.screen_candidates_by_rung,
                     "screened_out": self.screened_out,
                     "screened_out_by_rung": self.screened_out_by_rung,
+                    "screened_out_by_peer": self.peer_screened_out,
                     "promoted": self.promoted,
                     "pairing_evaluations": self.pairing_evaluations,
                     "screen_image_evaluations": self.screen_image_evaluations,
