@@ -323,7 +323,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             out.write_text(json.dumps(results, indent=2) + "\n")
     if args.overhead_study:
         engines = [e.strip() for e in args.overhead_engines.split(",") if e.strip()]
-        results["overhead"] = overhead(args.overhead_study, engines, args.overhead_budget)
+        got = overhead(args.overhead_study, engines, args.overhead_budget)
+        if results.get("overhead", {}).get("study") != got["study"]:
+            results["overhead"] = {}
+        results["overhead"].update(got)  # the engines not run this time keep their rows
         out.write_text(json.dumps(results, indent=2) + "\n")
     if not args.prepare_only:
         print(f"wrote {out}")
