@@ -346,12 +346,24 @@ def _plot(results: dict, base: Path) -> None:
     )
     for ax, (name, sp) in zip(axes[0], spaces):
         markers = itertools.cycle("osD^v<>PX*h")
+        colours = itertools.cycle(
+            plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2]
+        )
         for engine, row in sp["engines"].items():
             bs = [int(b) for b in row["hv_ratio"]]
             mean = np.array([row["hv_ratio"][str(b)]["mean"] for b in bs])
             std = np.array([row["hv_ratio"][str(b)]["std"] for b in bs])
             lw = 2.4 if engine in ("surrogate", "pymoo-nsga2") else 1.2
-            ax.errorbar(bs, mean, yerr=std, marker=next(markers), lw=lw, capsize=3, label=engine)
+            ax.errorbar(
+                bs,
+                mean,
+                yerr=std,
+                marker=next(markers),
+                color=next(colours),
+                lw=lw,
+                capsize=3,
+                label=engine,
+            )
         ax.axhline(0.99, color="0.5", ls="--", lw=0.8, label="goal 0.99 (at 128)")
         ax.axhline(0.995, color="0.5", ls=":", lw=0.8, label="goal 0.995 (at 256)")
         ax.set_xscale("log", base=2)
