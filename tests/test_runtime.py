@@ -448,7 +448,6 @@ def _memory_growth(fn, n=1000):
             for k in range(n):
                 f(k)
             peak = tracemalloc.get_traced_memory()[1]
-            sys.setswitchinterval(interval)
             retained = sum(
                 s.size for s in tracemalloc.take_snapshot().filter_traces(own).statistics("lineno")
             )

@@ -219,7 +219,7 @@ class SearchContext:
         self.screen_candidates_by_rung = [0] * len(self.rungs)
         self.screened_out_by_rung = [0] * len(self.rungs)
         #: of those, the candidates a batch-mate beat (see :meth:`_beaten_by_peer`)
-        self.peer_screened_out = 0
+        self.screened_out_by_peer = 0
         self._peers_pair = all(
             c.metric in _EXACT_COSTS or (c.metric == "accuracy" and c.op == ">=")
             for c in self.constraints
@@ -342,7 +342,8 @@ class SearchContext:
         distinct = list(dict.fromkeys(keys))
         full_cached = set(self.evaluator.cached(distinct)) | self.full_masks
         alive = [k for k in distinct if k not in full_cached and k not in self.screened]
-        dropped: dict[str, Evaluation] = {}
+        #: candidates a front point beat: (estimated accuracy, its SE, rung)
+        front_drops: dict[str, tuple[float, float, int]] = {}
         #: candidates a batch-mate beat: (that batch-mate, shortfall, its SE, rung)
         peer_drops: dict[str, tuple[str, float, float, int]] = {}
         done = np.zeros(len(top), dtype=bool)  # images of the largest subset measured so far
@@ -358,25 +359,21 @@ class SearchContext:
                 rows[k][new] = row
             done[new] = True
             beaten = self._beaten({k: rows[k][pos] for k in alive}, r)
-            for k, (acc, se) in beaten.items():
-                dropped[k] = self.evaluator.subset_evaluation(
-                    k, acc, self.rungs[r], source=_PAIRED_SOURCE, spread=se
-                )
-                self.screen_images[k] = len(self.rungs[r])
+            front_drops.update((k, (*drop, r)) for k, drop in beaten.items())
             alive = [k for k in alive if k not in beaten]
             peers = self._beaten_by_peer({k: rows[k][pos] for k in alive})
-            for k, drop in peers.items():
-                peer_drops[k] = (*drop, r)
+            peer_drops.update((k, (*drop, r)) for k, drop in peers.items())
+            for k in [*beaten, *peers]:
                 self.screen_images[k] = len(self.rungs[r])
             self.screened_out_by_rung[r] += len(beaten) + len(peers)
-            self.peer_screened_out += len(peers)
+            self.screened_out_by_peer += len(peers)
             alive = [k for k in alive if k not in peers]
         for k in alive:  # measured on every subset image: kept to pair later candidates with
             self._correct[k] = rows[k]
         full = [
             k
             for k in distinct
-            if k not in dropped and k not in peer_drops and k not in self.screened
+            if k not in front_drops and k not in peer_drops and k not in self.screened
         ]
         # the images of the subsets are measured already: only the others are run
         known = {k: (top, rows[k]) for k in alive}
@@ -394,18 +391,19 @@ class SearchContext:
             alive on the subset k was dropped on, and beat it there)."""
             if k in results:
                 return float(results[k]["accuracy"]), 0.0
-            if k in dropped:
-                return float(dropped[k]["accuracy"]), float(dropped[k].metrics["accuracy"].spread)
+            if k in front_drops:
+                return front_drops[k][:2]
             if k not in estimates:
                 peer, diff, se, _ = peer_drops[k]
                 acc, acc_se = estimate(peer)
                 estimates[k] = (max(acc - diff, 0.0), math.hypot(acc_se, se))
             return estimates[k]
 
-        for k, (_, _, _, r) in peer_drops.items():
+        dropped = {}
+        for k, drop in (*front_drops.items(), *peer_drops.items()):  # drop[-1]: its rung
             acc, se = estimate(k)
             dropped[k] = self.evaluator.subset_evaluation(
-                k, acc, self.rungs[r], source=_PAIRED_SOURCE, spread=se
+                k, acc, self.rungs[drop[-1]], source=_PAIRED_SOURCE, spread=se
             )
         out: dict[str, Evaluation] = {}
         fid: dict[str, tuple[str, int] | None] = {}
@@ -439,7 +437,6 @@ class SearchContext:
         if not rows or not self._full_points:
             return {}
         pos = self._rung_pos[rung]
-        big_n, k = self.n_val, self.fidelity.screen_k
         names = [o.name for o in self.objectives]
         cost_cols = [i for i, n in enumerate(names) if n != "accuracy"]
         values = np.array([v for v, _ in self._full_points], dtype=float)
@@ -458,16 +455,27 @@ class SearchContext:
         for key, c in rows.items():
             costs = self.evaluator.exact_costs(key)
             c_costs = np.array([costs[names[i]] for i in cost_cols], dtype=float)
-            cheaper = (d_costs <= c_costs).all(axis=1)
-            if not cheaper.any():
-                continue
-            diff, se = paired_shortfall(d[cheaper], c, big_n)
-            beats = (diff > k * se) & (diff > 0)
-            if beats.any():
-                best = np.flatnonzero(beats)[np.argmin(se[beats])]
-                estimate = max(float(d_acc[cheaper][best] - diff[best]), 0.0)
-                beaten[key] = (estimate, float(se[best]))
+            hit = self._beater(d, (d_costs <= c_costs).all(axis=1), c)
+            if hit is not None:
+                i, diff, se = hit
+                beaten[key] = (max(float(d_acc[i]) - diff, 0.0), se)
         return beaten
+
+    def _beater(
+        self, refs: np.ndarray, eligible: np.ndarray, c: np.ndarray
+    ) -> tuple[int, float, float] | None:
+        """Of the rows of ``refs`` where ``eligible``, the one that beats ``c`` on the same
+        images by more than ``screen_k`` standard errors of the paired difference, with the
+        smallest such error: (its row, the shortfall, its SE); None when none does."""
+        rows = np.flatnonzero(eligible)
+        if not len(rows):
+            return None
+        diff, se = paired_shortfall(refs[rows], c, self.n_val)
+        beats = (diff > self.fidelity.screen_k * se) & (diff > 0)
+        if not beats.any():
+            return None
+        best = np.flatnonzero(beats)[np.argmin(se[beats])]
+        return int(rows[best]), float(diff[best]), float(se[best])
 
     def _beaten_by_peer(self, rows: dict[str, np.ndarray]) -> dict[str, tuple[str, float, float]]:
         """The candidates (their correctness on one subset's images) that another candidate
@@ -494,19 +502,14 @@ class SearchContext:
             [all(c.violation(e, self.reference) <= 0 for c in cost_bounds) for e in exact]
         )
         correct = np.stack([rows[k] for k in keys])
-        k_se = self.fidelity.screen_k
         beaten = {}
         for j, key in enumerate(keys):
-            peers = feasible & (costs <= costs[j]).all(axis=1)
-            peers[j] = False
-            if not peers.any():
-                continue
-            diff, se = paired_shortfall(correct[peers], correct[j], self.n_val)
-            beats = (diff > k_se * se) & (diff > 0)
-            if beats.any():
-                best = np.flatnonzero(beats)[np.argmin(se[beats])]
-                peer = [keys[i] for i in np.flatnonzero(peers)][best]
-                beaten[key] = (peer, float(diff[best]), float(se[best]))
+            eligible = feasible & (costs <= costs[j]).all(axis=1)
+            eligible[j] = False
+            hit = self._beater(correct, eligible, correct[j])
+            if hit is not None:
+                i, diff, se = hit
+                beaten[key] = (keys[i], diff, se)
         return beaten
 
     def account(self, ev: Evaluation, *, fidelity: tuple[str, int] | None = None) -> None:
@@ -601,7 +604,7 @@ class SearchContext:
                     "screen_candidates_by_rung": self.screen_candidates_by_rung,
                     "screened_out": self.screened_out,
                     "screened_out_by_rung": self.screened_out_by_rung,
-                    "screened_out_by_peer": self.peer_screened_out,
+                    "screened_out_by_peer": self.screened_out_by_peer,
                     "promoted": self.promoted,
                     "pairing_evaluations": self.pairing_evaluations,
                     "screen_image_evaluations": self.screen_image_evaluations,

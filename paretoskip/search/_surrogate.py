@@ -50,6 +50,10 @@ log = logging.getLogger("paretoskip.search")
 #: Metrics known exactly for every mask from the evaluator's cost table.
 EXACT_METRICS = ("flops", "params")
 
+#: Metrics modelled as their log-odds: accuracy is bounded, falls slowly while few units are
+#: skipped and then collapses, which a stationary model fits badly on its own scale.
+LOGIT_METRICS = ("accuracy",)
+
 #: Most feature columns of the pairwise model (pairs of nearby genes only beyond it).
 MAX_FEATURES = 600
 
@@ -523,23 +527,20 @@ class Surrogate(Engine):
 
         mean: dict[str, np.ndarray] = {}
         posts: dict[str, _Posterior] = {}
-        # accuracy is modelled as its log-odds: bounded, it falls slowly while few units are
-        # skipped and then collapses, which a stationary model fits badly on its own scale
-        logit_of = {"accuracy"}
         for name in exact:
             full, delta = exact[name]
             mean[name] = full + C @ delta
         for name in unknown:
             scale = 1.0 if name == "accuracy" else abs(float(reference.get(name, 1.0))) or 1.0
             y = np.array([values[m][name] for m in masks]) / scale
-            if name in logit_of:
+            if name in LOGIT_METRICS:
                 y = _logit(y)
             if o["model"] == "pairwise":
                 post = BayesianLinear(n).fit(phi, y).posterior(phic)
             else:
                 post = HammingGP().fit(G, y).posterior(C)
             posts[name] = post
-            mean[name] = (_expit(post.mean) if name in logit_of else post.mean) * scale
+            mean[name] = (_expit(post.mean) if name in LOGIT_METRICS else post.mean) * scale
         # constraints: exact metrics exactly, the others by their predicted mean
         ok = np.ones(len(C), dtype=bool)
         for c in ctx.constraints:
@@ -559,7 +560,7 @@ class Surrogate(Engine):
             opt = pred.copy()
             for j, name in uncertain:
                 sd = np.sqrt(np.maximum(var[name], 0.0))
-                if name in logit_of:
+                if name in LOGIT_METRICS:
                     opt[:, j] = normalised(name, _expit(posts[name].mean + kappa * sd))
                 else:
                     opt[:, j] -= kappa * sd * unit(name)
