@@ -19,8 +19,13 @@ engines cut their last generation short.  ``seconds_per_run`` is the engine's ow
 
     python benchmarks/search_quality.py [--seeds 5] [--engines surrogate,pymoo-nsga2,...]
         [--spaces resnet32,resnet44-locked] [--prepare-only]
+        [--holdouts --holdout-engines surrogate,surrogate:descent=0 --holdout-budget 256]
         [--overhead-study studies/fashion-mnist-20k-resnet32.toml --overhead-budget 128
          --overhead-engines surrogate,pymoo-nsga2]
+
+``--holdouts`` also runs a few engines (``name:key=value`` sets an option) on seven more
+spaces of the same two kinds, trained with other seeds (resnet32 seeds 1-5, resnet44-locked
+seeds 2-3), up to 256 masks: a check that settings chosen on the two main spaces carry over.
 
 ``--overhead-study`` also runs each engine (seed 0) on that real-data study with a real
 evaluator and reports its own CPU time (everything but the evaluator's validation passes:
@@ -75,6 +80,28 @@ SPACES: dict[str, tuple[str, int, tuple[str, ...], tuple[tuple[str, ...], ...]]]
 }
 
 
+#: More spaces of the same two kinds, trained with other seeds: engine settings chosen on the
+#: two spaces above are checked on these (``--holdouts``).
+HOLDOUTS: dict[str, tuple[str, int, tuple[str, ...], tuple[tuple[str, ...], ...]]] = {
+    **{f"resnet32-seed{s}": ("resnet32", s, (), ()) for s in range(1, 6)},
+    **{f"resnet44-locked-seed{s}": ("resnet44", s, *SPACES["resnet44-locked"][2:]) for s in (2, 3)},
+}
+
+
+def engine_spec(text: str) -> tuple[str, dict]:
+    """An engine and its options from ``name`` or ``name:key=value:key=value`` (values are
+    JSON, else strings), e.g. ``surrogate:descent=0``."""
+    name, *opts = text.split(":")
+    options = {}
+    for o in opts:
+        key, _, value = o.partition("=")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return name, options
+
+
 class TableEvaluator(paretoskip.Evaluator):
     """An evaluator whose validation accuracies come from an exhaustive table (test
     accuracies, FLOPs and parameters are computed as usual)."""
@@ -91,7 +118,7 @@ class TableEvaluator(paretoskip.Evaluator):
 
 def prepare(name: str, data) -> tuple[paretoskip.Evaluator, dict[str, float], dict]:
     """The trained model, its space and the exhaustive accuracy table of space ``name``."""
-    model_name, seed, locked, groups = SPACES[name]
+    model_name, seed, locked, groups = {**SPACES, **HOLDOUTS}[name]
     CACHE.mkdir(parents=True, exist_ok=True)
     ckpt = CACHE / f"digits-{model_name}-sd-seed{seed}"
     if not ckpt.with_suffix(".safetensors").exists():
@@ -172,10 +199,11 @@ def run_engine(
     ref = table["__ref__"]
     per_budget: dict[int, list[float]] = {b: [] for b in BUDGETS if b <= budget}
     secs = []
+    name, options = engine_spec(engine)
     for seed in range(seeds):
         t1 = time.perf_counter()
-        eng = make_engine(engine, seed)
-        db = open_study(ev, storage=":memory:", study_name=f"{engine}-{seed}", engine=engine)
+        eng = make_engine(name, seed, **options)
+        db = open_study(ev, storage=":memory:", study_name=f"{engine}-{seed}", engine=name)
         search_run(eng, ev, db, budget=budget, progress=False)  # no front file: no test split
         secs.append(time.perf_counter() - t1)
         order = list(
@@ -250,6 +278,37 @@ def overhead(study: str, engines: Sequence[str], budget: int, seed: int = 0) -> 
     return out
 
 
+def holdouts(data, engines: Sequence[str], budget: int, seeds: int) -> dict:
+    """Each engine on every holdout space: HV ratio per budget (mean over seeds), and per
+    budget the mean and the minimum over the spaces."""
+    out: dict = {"budget": budget, "seeds": seeds, "spaces": {}, "summary": {}}
+    for name in HOLDOUTS:
+        ev, table, desc = prepare(name, data)
+        row = out["spaces"][name] = {**desc, "engines": {}}
+        for engine in engines:
+            load0 = os.getloadavg()
+            per_budget, secs = run_engine(
+                ev, table, engine, budget, seeds, desc["exact"]["hypervolume"]
+            )
+            row["engines"][engine] = {
+                "hv_ratio": {str(b): statistics.mean(v) for b, v in per_budget.items()},
+                "hv_ratio_min_over_seeds": {str(b): min(v) for b, v in per_budget.items()},
+                "seconds_per_run": statistics.mean(secs),
+                "load_average": [round(x, 2) for x in load0],
+            }
+            text = "  ".join(f"{b}:{statistics.mean(v):.4f}" for b, v in per_budget.items())
+            print(f"[{name}] {engine:22s} {text}   (load {load0[0]:.1f})")
+    for engine in engines:
+        cells = {}
+        for b in [b for b in BUDGETS if b <= budget]:
+            v = [sp["engines"][engine]["hv_ratio"][str(b)] for sp in out["spaces"].values()]
+            cells[str(b)] = {"mean": statistics.mean(v), "min": min(v)}
+        out["summary"][engine] = cells
+        text = "  ".join(f"{b}: {c['mean']:.4f} (min {c['min']:.4f})" for b, c in cells.items())
+        print(f"[holdouts] {engine:22s} {text}")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -268,6 +327,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="also measure each engine's overhead against the evaluation time of this "
         "real-data study (its checkpoint must exist), e.g. studies/fashion-mnist-20k-resnet32.toml",
     )
+    ap.add_argument(
+        "--holdouts",
+        action="store_true",
+        help=f"also run --holdout-engines on the holdout spaces ({', '.join(HOLDOUTS)})",
+    )
+    ap.add_argument(
+        "--holdout-engines",
+        default="surrogate,surrogate:descent=0,pymoo-nsga2",
+        help="engines for --holdouts, each 'name' or 'name:key=value' (default %(default)s)",
+    )
+    ap.add_argument("--holdout-budget", type=int, default=256)
     ap.add_argument("--overhead-budget", type=int, default=128)
     ap.add_argument("--overhead-engines", default="surrogate,pymoo-nsga2")
     args = ap.parse_args(argv)
@@ -321,6 +391,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2) + "\n")
+    if args.holdouts:
+        results["holdouts"] = holdouts(
+            data,
+            [e.strip() for e in args.holdout_engines.split(",") if e.strip()],
+            args.holdout_budget,
+            args.seeds,
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
     if args.overhead_study:
         engines = [e.strip() for e in args.overhead_engines.split(",") if e.strip()]
         got = overhead(args.overhead_study, engines, args.overhead_budget)

@@ -133,3 +133,88 @@ def test_locked_units_groups_and_constraints(tiny_model, digits):
             # past the structured start, candidates satisfy the exact constraint
             assert ev.costs.flops(bits) <= 0.7 * full
     assert len({t.user_attrs["mask"] for t in front.study.trials()}) == 28
+
+
+def _walk_to_the_end(engine, ev, constraints=(), weights=None):
+    """Run the engine's greedy descent alone on a known accuracy function (1 - genes @
+    weights), evaluating its picks until it ends: the masks in the order evaluated."""
+    from types import SimpleNamespace
+
+    from paretoskip.metrics import parse_constraints, parse_objectives
+
+    space = ev.space
+    n = space.n_genes
+    w = np.linspace(0.01, 0.08, n) if weights is None else np.asarray(weights)
+    ctx = SimpleNamespace(
+        space=space,
+        evaluator=ev,
+        objectives=parse_objectives(["accuracy", "flops"]),
+        constraints=parse_constraints(list(constraints)),
+        evaluated=set(),
+    )
+    exact = engine._exact(ctx)
+    reference = {"accuracy": 1.0, "flops": exact["flops"][0], "params": exact["params"][0]}
+    genes, values, order = {}, {}, []
+
+    def rate(rows):
+        return -(rows @ w)
+
+    while True:
+        picks = engine._descent(ctx, genes, values, exact, reference, rate)
+        if not picks:
+            return order, exact, reference
+        assert len(picks) <= engine.options["descent"]
+        for g in picks:
+            m = space.mask_from_genes(g).bitstring
+            assert m not in ctx.evaluated  # never proposed twice
+            ctx.evaluated.add(m)
+            genes[m] = g
+            values[m] = {
+                "accuracy": 1.0 - float(np.asarray(g) @ w),
+                "flops": exact["flops"][0] + float(np.asarray(g) @ exact["flops"][1]),
+            }
+            order.append(g)
+
+
+def test_descent_walks_the_greedy_path_at_its_width(evaluator):
+    """The descent evaluates `descent` children per step (those the model rates first) and
+    moves to the most accurate: on an additive accuracy it follows the hand method's path,
+    skipping the least harmful gene first, and ends with every gene skipped."""
+    n = evaluator.space.n_genes
+    eng = make_engine("surrogate", descent=3)
+    order, _, _ = _walk_to_the_end(eng, evaluator)
+    path = [tuple(1 if i < k else 0 for i in range(n)) for k in range(1, n + 1)]
+    assert [g for g in order if g in path] == path  # the greedy path, in its order
+    assert len(order) == sum(min(3, n - k) for k in range(n))
+    assert order[-1] == (1,) * n
+    # width 1 is the model's own greedy path: one evaluation per step
+    one, _, _ = _walk_to_the_end(make_engine("surrogate", descent=1), evaluator)
+    assert one == path
+    assert _walk_to_the_end(make_engine("surrogate", descent=0), evaluator)[0] == []
+
+
+def test_descent_respects_lower_bounds_and_passes_upper_bounds_unevaluated(evaluator):
+    n = evaluator.space.n_genes
+    eng = make_engine("surrogate", descent=2)
+    w = np.full(n, 0.05)
+    # accuracy >= 0.8 holds for at most 4 genes skipped: the path ends there
+    order, _, _ = _walk_to_the_end(eng, evaluator, ["accuracy >= 0.8"], weights=w)
+    assert max(sum(g) for g in order) == 5  # children of the last feasible node are tried
+    assert sum(1 for g in order if sum(g) == 5) <= 2
+    # flops <= 0.5 * full: the masks above it are passed on the model's word, none evaluated
+    order, exact, ref = _walk_to_the_end(eng, evaluator, ["flops <= 0.5 * full"])
+    flops = [exact["flops"][0] + float(np.asarray(g) @ exact["flops"][1]) for g in order]
+    assert order and max(flops) <= 0.5 * ref["flops"]
+    assert order[-1] == (1,) * n
+    # flops >= 0.6 * full: no mask below it is tried
+    order, exact, ref = _walk_to_the_end(eng, evaluator, ["flops >= 0.6 * full"])
+    flops = [exact["flops"][0] + float(np.asarray(g) @ exact["flops"][1]) for g in order]
+    assert order and min(flops) >= 0.6 * ref["flops"]
+
+
+def test_descent_option_is_checked():
+    assert make_engine("surrogate", descent=0).describe()["descent"] == 0
+    with pytest.raises(ConfigError, match="descent=-1"):
+        make_engine("surrogate", descent=-1)
+    with pytest.raises(ConfigError, match="descent=True"):
+        make_engine("surrogate", descent=True)
