@@ -274,7 +274,7 @@ def search(
             ``latency``, ``energy`` (minimised).
         constraints: e.g. ``["accuracy >= 0.95", "flops <= 0.5 * full"]``.
         engine: one of :data:`ENGINES` (default ``surrogate``: on the search-quality spaces
-            it reaches 0.978-0.985 of the exact hypervolume with 128 masks and 0.989-0.999
+            it reaches 0.987-0.995 of the exact hypervolume with 128 masks and 0.997-0.999
             with 256, NSGA-II 0.91-0.96 and 0.95-0.98).
         budget: distinct masks to evaluate in the study, the full model included (default
             200; every mask for ``exhaustive``).  A resumed search continues to it.
