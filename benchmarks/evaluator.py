@@ -15,13 +15,17 @@ installed, else digits), one run:
   block's FLOPs from the FLOPs counter) against a plain ``conv2d`` of the block's shape on
   this machine (one 3x3 convolution; the block is two of them plus batch norms, ReLUs and
   the addition), contiguous and channels_last, at several chunk sizes; and what a skipped
-  identity block costs (its ReLU) against passing its input on.
+  identity block costs (its ReLU) against passing its input on;
+* **chunk size** (interleaved, CPU seconds): the prefix tree on the first ``--chunk-masks``
+  clustered masks over ``--chunk-val`` validation images at each of ``--chunk-sizes``
+  (``auto``, the default, against fixed sizes: 256 was the default before ``auto``, 500 what
+  the shipped Fashion-MNIST studies used), with every mask's per-image results compared.
 
 Two populations: *clustered* (8 parent masks, each with 8 children differing in 1-3 bits,
 like a late NSGA-II generation) and *uniform* random masks.  Writes
 benchmarks/results/evaluator.json with the load average before and after.
 
-    python benchmarks/evaluator.py [--val 2000] [--threads 1] [--repeats 3]
+    python benchmarks/evaluator.py [--val 2000] [--threads 1] [--repeats 3] [--chunk-val 2000]
 """
 
 from __future__ import annotations
@@ -189,6 +193,39 @@ def block_throughput(model, ev, data, chunks: list[int], repeats: int) -> dict:
     return out
 
 
+def chunk_sizes(model, data, masks, sizes, threads: int, repeats: int) -> dict:
+    """The prefix tree at each chunk size, interleaved; per-image results must agree."""
+    evs = {
+        str(c): paretoskip.Evaluator(
+            model, data, settings=paretoskip.MeasureSettings(threads=threads, eval_batch=c)
+        )
+        for c in sizes
+    }
+    times: dict[str, list[float]] = {c: [] for c in evs}
+    rows: dict = {}
+    for ev in evs.values():
+        ev.accuracy_many(masks[:1])  # warm-up (and the stem's cache)
+    for _ in range(repeats):
+        for c, ev in evs.items():
+            rows[c], _, cpu = timed(ev.correct_many, masks)
+            times[c].append(cpu)
+    first = next(iter(rows.values()))
+    base = times.get("256")
+    out: dict = {
+        "masks": len(masks),
+        "validation_images": len(data.val),
+        "identical_per_image_results": all(bool((r == first).all()) for r in rows.values()),
+        "sizes": {},
+    }
+    for c, ev in evs.items():
+        out["sizes"][c] = {
+            "chunk_images": ev._chunk,
+            "tree_cpu_seconds": med_iqr(times[c]),
+            "speedup_vs_256": med_iqr([b / t for b, t in zip(base, times[c])]) if base else None,
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -198,6 +235,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats (default 3)")
     ap.add_argument("--block-repeats", type=int, default=7, help="timed block repeats")
     ap.add_argument("--chunks", default="256,1024", help="chunk sizes of the block timings")
+    ap.add_argument(
+        "--chunk-sizes", default="auto,64,128,256,500", help="chunk sizes of the tree timings"
+    )
+    ap.add_argument("--chunk-val", type=int, default=2000, help="images of the chunk timings")
+    ap.add_argument("--chunk-masks", type=int, default=16, help="masks of the chunk timings")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "evaluator.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -223,7 +265,9 @@ def main() -> None:
     results: dict = {
         "command": "python benchmarks/evaluator.py "
         + f"--val {args.val} --threads {args.threads} --repeats {args.repeats} "
-        + f"--block-repeats {args.block_repeats} --chunks {args.chunks}",
+        + f"--block-repeats {args.block_repeats} --chunks {args.chunks} "
+        + f"--chunk-sizes {args.chunk_sizes} --chunk-val {args.chunk_val} "
+        + f"--chunk-masks {args.chunk_masks}",
         "model": "resnet56",
         "dataset": data.name,
         "validation_images": len(data.val),
@@ -324,6 +368,22 @@ def main() -> None:
                 f"{e['conv2d_channels_last']['gflops_per_second']:.2f}); skipped block "
                 f"{e['skipped_block_relu']['us_per_image']:.1f} us/image"
             )
+    sizes = [c if c == "auto" else int(c) for c in args.chunk_sizes.split(",")]
+    try:
+        big = load_dataset(
+            "fashion-mnist", seed=0, val_size=args.chunk_val, limit=args.chunk_val * 3
+        )
+    except DataNotFoundError:
+        big = data
+    masks = populations(n_units)["clustered"][: args.chunk_masks]
+    results["chunk_sizes"] = chunk_sizes(model, big, masks, sizes, args.threads, args.repeats)
+    for c, e in results["chunk_sizes"]["sizes"].items():
+        sp = e["speedup_vs_256"]
+        print(
+            f"chunk {c} ({e['chunk_images']} images): tree {e['tree_cpu_seconds']['median']:.2f} s "
+            f"CPU" + (f", x{sp['median']:.2f} against 256" if sp else "")
+        )
+    print(f"identical per-image results: {results['chunk_sizes']['identical_per_image_results']}")
     results["load_average_start"] = load_start
     results["load_average_end"] = os.getloadavg()
     results["note"] = (

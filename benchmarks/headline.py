@@ -93,7 +93,7 @@ def exact_front(
 
     ``space``: another skip space of the model than its default one; ``suffix`` then tells
     its cached study apart (``<study>-exhaustive-<suffix>``)."""
-    settings = paretoskip.MeasureSettings(threads=threads, eval_batch=500)
+    settings = paretoskip.MeasureSettings(threads=threads)
     ev = paretoskip.Evaluator(
         model,
         data,

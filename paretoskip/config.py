@@ -53,8 +53,9 @@ Sections and keys (all optional unless marked *required*):
 ``[measure]``
     ``latency`` (bool), ``batch_size``, ``repeats``, ``warmup``, ``threads``, ``energy``
     (one of :data:`paretoskip.energy.ENERGY_BACKENDS`), ``energy_seconds``,
-    ``eval_batch``, ``memory_mb``, ``device`` (``"cpu"``, ``"cuda"`` or ``"cuda:N"``),
-    ``cudnn_benchmark``: the fields of :class:`paretoskip.MeasureSettings`.
+    ``eval_batch`` (images per chunk, or ``"auto"``), ``memory_mb``, ``device`` (``"cpu"``,
+    ``"cuda"`` or ``"cuda:N"``), ``cudnn_benchmark``: the fields of
+    :class:`paretoskip.MeasureSettings`.
 
 Example:
     >>> import pathlib, tempfile
@@ -408,6 +409,7 @@ _BY_TYPE: dict[str, tuple[Callable[[Any], bool], str]] = {
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "int": (_is_int, "an integer"),
     "int | None": (_is_int, "an integer"),
+    "int | str": (lambda v: _is_int(v) or isinstance(v, str), 'an integer or "auto"'),
     "float": (_is_number, "a number"),
     "str": (lambda v: isinstance(v, str), "a string"),
 }
@@ -418,6 +420,8 @@ _TRAIN_EXTRA: dict[str, Any] | None = None
 
 
 def _by_annotation(text: str) -> tuple[Callable[[Any], bool], str]:
+    if text.strip() in _BY_TYPE:  # a union with its own check
+        return _BY_TYPE[text.strip()]
     head = text.split("|")[0].strip()
     if head.startswith(("tuple", "list", "Sequence")):
         return (lambda v: isinstance(v, list) and all(map(_is_number, v)), "a list of numbers")
@@ -807,8 +811,15 @@ def parse_study_config(
     defaults = MeasureSettings()
     m_get = lambda key: measure_args.get(key, getattr(defaults, key))  # noqa: E731
     _check_choice(m_get("energy"), ENERGY_BACKENDS, "measure.energy", where, "energy backend")
-    for key in ("batch_size", "repeats", "eval_batch"):
+    for key in ("batch_size", "repeats"):
         _check_int(m_get(key), f"measure.{key}", where, minimum=1)
+    if m_get("eval_batch") != "auto" and (
+        not _is_int(m_get("eval_batch")) or m_get("eval_batch") < 1
+    ):
+        raise ConfigError(
+            f"{where}: measure.eval_batch={m_get('eval_batch')!r}; accepted: an integer >= 1 "
+            'or "auto" (the default)'
+        )
     _check_int(m_get("warmup"), "measure.warmup", where, minimum=0)
     if m_get("threads") is not None:
         _check_int(m_get("threads"), "measure.threads", where, minimum=1)

@@ -162,6 +162,8 @@ def test_unknown_engine_lists_the_accepted(tmp_path):
             "flops",
         ),
         (MINIMAL + '[measure]\nenergy = "rap"\n', "measure.energy", "rapl"),
+        (MINIMAL + '[measure]\neval_batch = "max"\n', "measure.eval_batch='max'", '"auto"'),
+        (MINIMAL + "[measure]\neval_batch = 0\n", "measure.eval_batch=0", "integer >= 1"),
         (MINIMAL + '[model.train]\nrecipe = "sd"\n', "model.train.recipe", "stochastic-depth"),
         (MINIMAL + "[search.options]\nbatc = 3\n", "search.options.batc", "batch"),
         (MINIMAL + '[space]\nlocked = ["layer1.5"]\n', "space.locked", "layer1.2"),
@@ -172,6 +174,17 @@ def test_unknown_names_list_the_accepted(tmp_path, text, key, accepted):
     path = write(tmp_path, text)
     msg = error_of(path)
     assert str(path) in msg and key in msg and accepted in msg
+
+
+def test_eval_batch_auto_or_a_count(tmp_path):
+    base = {
+        "study": {"name": "x"},
+        "model": {"name": "resnet20", "train": {}},
+        "data": {"name": "digits"},
+    }
+    assert parse_study_config(base).measure.settings().eval_batch == "auto"
+    cfg = parse_study_config({**base, "measure": {"eval_batch": 500}})
+    assert cfg.measure.settings().eval_batch == 500
 
 
 def test_malformed_constraint(tmp_path):

@@ -80,6 +80,48 @@ def test_small_memory_budget_uses_small_chunks(digits, tiny_model):
     assert ev.accuracy_many(masks) == [ev.naive_accuracy(m) for m in masks]
 
 
+def test_accuracy_does_not_depend_on_the_chunk_size(digits, tiny_model, monkeypatch):
+    masks = clustered(9, 3, 3, seed=4) + [[0] * 9]
+    rows = {}
+    for eb in (7, 64, 1000, "auto"):
+        ev = Evaluator(tiny_model, digits, settings=MeasureSettings(eval_batch=eb))
+        rows[eb] = ev.correct_many(masks)
+        assert ev.provenance()["chunk_images"] == ev._chunk
+    # "auto" on a small cache target: the smallest chunk it chooses
+    monkeypatch.setattr(paretoskip.evaluate, "CHUNK_BYTES_PER_THREAD", 1)
+    ev = Evaluator(tiny_model, digits, settings=MeasureSettings(threads=1))
+    assert ev._chunk == paretoskip.evaluate.MIN_AUTO_CHUNK
+    rows["small"] = ev.correct_many(masks)
+    for eb, row in rows.items():
+        assert (row == rows[7]).all(), eb
+    assert rows[7].mean(1).tolist() == [ev.naive_accuracy(m) for m in masks]
+
+
+def test_auto_chunk_follows_the_cache_target_threads_and_memory(digits, tiny_model, monkeypatch):
+    def chunk(**kw):
+        return Evaluator(tiny_model, digits, settings=MeasureSettings(**kw))._chunk
+
+    largest = 16 * 8 * 8 * 4  # bytes of the widest unit output of one 8x8 image (16 channels)
+    monkeypatch.setattr(paretoskip.evaluate, "CHUNK_BYTES_PER_THREAD", 40 * largest)
+    assert chunk(threads=1) == 40
+    assert chunk(threads=2) == 80  # each thread's share of a chunk stays the same
+    assert chunk(threads=1, eval_batch=9) == 9  # an explicit size wins
+    ev = Evaluator(tiny_model, digits, settings=MeasureSettings(threads=2, memory_mb=0.05))
+    assert (
+        ev._chunk * ev.activation_bytes_per_image
+        <= 0.05 * 2**20
+        < 80 * ev.activation_bytes_per_image
+    )
+
+
+@pytest.mark.parametrize("bad", [0, -3, "big", 2.5, True])
+def test_eval_batch_is_checked(bad):
+    with pytest.raises(
+        ConfigError, match=f"eval_batch={bad!r}; accepted: a positive integer or 'auto'"
+    ):
+        MeasureSettings(eval_batch=bad)
+
+
 def test_evaluation_records(digits, tiny_model):
     ev = Evaluator(tiny_model, digits)
     r = ev.evaluate("000000111")
