@@ -350,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = {"budgets": [b for b in BUDGETS if b <= args.max_budget], "spaces": {}}
     if out.exists():  # keep the rows of engines / spaces not run this time
         old = json.loads(out.read_text())
-        for key in ("spaces", "overhead"):
+        for key in ("spaces", "overhead", "holdouts"):
             if key in old:
                 results[key] = old[key]
     for name in [s.strip() for s in args.spaces.split(",") if s.strip()]:
