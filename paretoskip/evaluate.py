@@ -372,14 +372,16 @@ class Evaluator:
             largest = h.numel() * 4
             for _, unit in parts.units:
                 h = unit.run(h, False)
-                per_image += h.numel() * 4
-                largest = max(largest, h.numel() * 4)
+                per_image += (size := h.numel() * 4)
+                largest = max(largest, size)
         self.activation_bytes_per_image = per_image
         want = self.settings.eval_batch
         if want == "auto":
             if self.device.type == "cpu":
-                threads = self.settings.threads or 1
-                want = max(MIN_AUTO_CHUNK, CHUNK_BYTES_PER_THREAD * threads // largest)
+                # settings are resolved: threads is a number
+                want = max(
+                    MIN_AUTO_CHUNK, CHUNK_BYTES_PER_THREAD * self.settings.threads // largest
+                )
             else:
                 want = 256
         budget = self.settings.memory_mb * 2**20
