@@ -17,7 +17,7 @@ propose more candidates than the full one.
     python benchmarks/multi_fidelity.py [--study studies/digits-resnet20.toml]
         [--seeds 0,1,2] [--budget N] [--multi-budget N] [--screen-fraction 0.8]
         [--screen-k 2] [--screen-rungs 5] [--engine NAME] [--check-drops]
-        [--full-from RESULT]
+        [--full-from RESULT[,RESULT...]]
         [--out benchmarks/results/multi_fidelity.json]
 
 The study's checkpoint must exist (``paretoskip train STUDY`` makes it).
@@ -161,13 +161,17 @@ def reused_full_runs(
     from paretoskip.front import hypervolume
     from paretoskip.metrics import parse_objectives
 
-    old = json.loads(Path(path).read_text())
-    same = (old["study"], old["engine"], old["engine_options"], old["budget"])
-    if same != (args.study, args.engine, args.engine_options, budget):
-        raise SystemExit(f"{path}: another study, engine or budget ({same})")
-    if old.get("checkpoint_fingerprint", fingerprint) != fingerprint:
-        raise SystemExit(f"{path}: measured with another checkpoint than {args.study}'s")
-    got = {r["seed"]: r for r in old["runs"] if r["fidelity"] == "full" and r["seed"] in seeds}
+    got, source = {}, {}
+    for one in path.split(","):  # several result files: the first that has a seed gives it
+        old = json.loads(Path(one).read_text())
+        same = (old["study"], old["engine"], old["engine_options"], old["budget"])
+        if same != (args.study, args.engine, args.engine_options, budget):
+            raise SystemExit(f"{one}: another study, engine or budget ({same})")
+        if old.get("checkpoint_fingerprint", fingerprint) != fingerprint:
+            raise SystemExit(f"{one}: measured with another checkpoint than {args.study}'s")
+        for r in old["runs"]:
+            if r["fidelity"] == "full" and r["seed"] in seeds and r["seed"] not in got:
+                got[r["seed"]], source[r["seed"]] = r, one
     if set(got) != set(seeds):
         raise SystemExit(f"{path}: no whole-split run for seeds {sorted(set(seeds) - set(got))}")
     objectives = parse_objectives(old["objectives"])
@@ -182,7 +186,7 @@ def reused_full_runs(
                 f"{path}: seed {seed}'s front measured again gives HV {hv!r}, the result "
                 f"{r['hypervolume']!r}: measured with another checkpoint than {args.study}'s"
             )
-    return {seed: dict(r, reused_from=path) for seed, r in got.items()}
+    return {seed: dict(r, reused_from=source[seed]) for seed, r in got.items()}
 
 
 def first_reaching(trajectory: dict, target: float) -> int | None:
@@ -247,9 +251,9 @@ def main() -> None:
     p.add_argument(
         "--full-from",
         metavar="RESULT",
-        help="take the searches without screening from an earlier result file of this "
-        "benchmark (same study, engine, budget; deterministic but for CPU times) instead "
-        "of running them again",
+        help="take the searches without screening from earlier result files of this "
+        "benchmark (comma-separated; same study, engine, budget; deterministic but for CPU "
+        "times) instead of running them again",
     )
     p.add_argument("--out", default=str(HERE / "results" / "multi_fidelity.json"))
     args = p.parse_args()

@@ -116,20 +116,84 @@ def test_dropped_trials_never_in_the_front(engine, evaluator, tmp_path):
     assert {m["mask"] for m in again.members} == members
 
 
-def test_dropped_accuracy_is_the_paired_estimate(digits, space, tmp_path):
+def _naive_beaten(snapshot, rows, rung, k, n_val):
+    """What SearchContext._beaten should find, worked out the slow way from its state."""
+    points, correct, rung_pos, exact = snapshot
+    acc = {m: v[0] for v, m in points}
+    front = [
+        m
+        for v, m in points
+        if not any(
+            w[0] >= v[0] and w[1] <= v[1] and (w[0] > v[0] or w[1] < v[1]) for w, _ in points
+        )
+    ]
+    proxies = [m for m in correct if m in acc]
+    out = {}
+    pos = rung_pos[rung]
+    for key, c in rows.items():
+        best = [acc[m] for m in front if exact[m] <= exact[key]]
+        if not best:
+            continue
+        near = sorted(
+            range(len(proxies)),
+            key=lambda i: (sum(x != y for x, y in zip(proxies[i], key)), -acc[proxies[i]], i),
+        )[:6]
+        e = np.mean([correct[proxies[i]][pos] for i in near], axis=0) - c
+        n = len(e)
+        var = max((np.sum(e**2) + 1) / n - e.mean() ** 2, 0)
+        se = np.sqrt(var / n * (1 - n / n_val))
+        est = np.mean([acc[proxies[i]] for i in near]) - e.mean()
+        if max(best) - est > max(k * se, 0):
+            out[key] = (max(est, 0.0), se)
+    return out
+
+
+def test_dropped_accuracy_is_the_paired_estimate(digits, space, tmp_path, monkeypatch):
     """A dropped candidate records (and tells its engine) its accuracy estimated on the
-    whole split's scale: the accuracy of what beat it on the same images (a front point,
-    exact; or a batch-mate, itself measured or estimated) less the paired shortfall, with
-    that shortfall's standard error (combined with the batch-mate's); below the accuracy of
-    a whole-split point of no higher cost, so dominated, as screening found."""
+    whole split's scale.  Against the front: the mean whole-split accuracy of its six
+    nearest whole-split masks less its paired shortfall on the same images against their
+    mean per-image result (checked against a slow re-derivation at every screening
+    step), below a front point of no higher cost by more than screen_k standard errors.
+    Against a batch-mate: that one's accuracy (measured or estimated) less the paired
+    shortfall, the standard errors combined.  Either way below the accuracy of a
+    whole-split point of no higher cost, so dominated, as screening found."""
+    import importlib
+
     from paretoskip.search import paired_shortfall
     from paretoskip.train import train_model
 
+    ctx_mod = importlib.import_module("paretoskip.search._context")
+    assert ctx_mod.PROXIES == 6
+    calls = []
+    beaten = ctx_mod.SearchContext._beaten
+
+    def spy(self, rows, rung):
+        got = beaten(self, rows, rung)  # may measure front points on the subsets first
+        exact = {m: self.evaluator.exact_costs(m)["flops"] for m in [*rows, *self._correct]}
+        snapshot = (
+            [((v[0], v[1]), m) for v, m in self._full_points],
+            dict(self._correct),
+            self._rung_pos,
+            exact,
+        )
+        calls.append((snapshot, dict(rows), rung, got))
+        return got
+
+    monkeypatch.setattr(ctx_mod.SearchContext, "_beaten", spy)
     model = train_model("resnet20", digits, recipe="stochastic-depth", epochs=6, progress=False)
     evaluator = Evaluator(model.model, digits, space=space)
     storage = str(tmp_path / "s.db")
     run = multi(evaluator, storage, 40, screen_k=1.0, seed=3).data["study"]["run"]
     assert 0 < run["screened_out_by_peer"] < run["screened_out"]
+    n_val = len(digits.val.y)
+    front_drops = {}
+    for snapshot, rows, rung, got in calls:
+        want = _naive_beaten(snapshot, rows, rung, 1.0, n_val)
+        assert set(got) == set(want)
+        for key, (est, se) in got.items():
+            assert est == pytest.approx(want[key][0]) and se == pytest.approx(want[key][1])
+        front_drops.update(got)
+    assert front_drops
     records = StudyDB.load(storage).records(states=None)
     screened = [r for r in records if r.screened]
     full = [
@@ -138,7 +202,6 @@ def test_dropped_accuracy_is_the_paired_estimate(digits, space, tmp_path):
         if r.completed
     ]
     assert len(screened) >= 8
-    n_val = len(digits.val.y)
     # the subsets are drawn with the search's seed
     fractions = Fidelity("multi").fractions
     subsets = {len(idx): idx for idx in (evaluator.validation_subset(f, 3) for f in fractions)}
@@ -149,7 +212,10 @@ def test_dropped_accuracy_is_the_paired_estimate(digits, space, tmp_path):
         flops = r.metrics["flops"]["value"]
         beating = [(f, a) for f, a in full if f <= flops and a > acc["value"]]
         assert beating, r.mask
-        # the estimate is one of the paired estimates against a trial of no higher cost
+        if r.mask in front_drops:
+            assert (acc["value"], acc["spread"]) == pytest.approx(front_drops[r.mask])
+            continue
+        # a batch-mate's drop: one of the paired estimates against a trial of no higher cost
         idx = subsets[r.fidelity_images]
         c = evaluator.subset_correct_many([r.mask], idx)[0]
         cheaper = [
@@ -386,6 +452,32 @@ def test_paired_shortfall():
     assert diff[1] == 0 and se[1] > 0 and diff[0] > 2 * se[0]
     # the candidate better than the reference: a negative shortfall
     assert paired_shortfall(cand, ref, population)[0][0] == pytest.approx(-0.05)
+
+
+def test_paired_shortfall_against_a_prediction():
+    """A prediction of the candidate's per-image results (the mean of several masks'):
+    the difference of means, and a spread from the squared per-image differences; 0/1
+    predictions give the paired comparison exactly."""
+    from paretoskip.search import paired_shortfall
+
+    rng = np.random.default_rng(0)
+    n, population = 200, 1000
+    masks = rng.random((3, n)) < 0.85
+    cand = masks[0] & (rng.random(n) < 0.97)
+    model = masks.mean(axis=0)
+    diff, se = paired_shortfall(model, cand, population)
+    e = model - cand
+    assert diff[0] == pytest.approx(e.mean())
+    var = (np.sum(e**2) + 1) / n - e.mean() ** 2
+    assert se[0] == pytest.approx(np.sqrt(var / n * (1 - n / population)))
+    # 0/1 as numbers is the boolean comparison
+    for got, want in zip(
+        paired_shortfall(masks[1].astype(float), cand, population),
+        paired_shortfall(masks[1], cand, population),
+    ):
+        assert got == pytest.approx(want)
+    # a prediction closer to the candidate than any one mask is has a smaller spread
+    assert se[0] < min(paired_shortfall(masks[1:], cand, population)[1])
 
 
 def test_known_images_are_not_run_again(tiny_model, digits, space):

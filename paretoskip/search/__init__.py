@@ -293,11 +293,12 @@ def search(
             subsets of the validation split (``screen_rungs``, default 5, subsets each
             twice the one before, the largest ``screen_fraction`` of each class, default
             0.8, drawn with ``seed``); after each it is dropped when a front point of the
-            whole-split evaluations, or another candidate of the same batch, of no higher
-            cost beats it on the same images by more than ``screen_k`` (default 2)
-            standard errors of the paired difference (recorded as a PRUNED trial with
-            ``fidelity="subset"``, never a front member, its accuracy estimated against
-            what beat it).
+            whole-split evaluations of no higher cost is more accurate than its estimated
+            whole-split accuracy (paired on the same images with its nearest
+            whole-split neighbours) by more than ``screen_k`` (default 2) standard
+            errors, or another candidate of the same batch of no higher cost beats it on
+            the same images by as much (recorded as a PRUNED trial with
+            ``fidelity="subset"``, never a front member, its accuracy that estimate).
             The rest are evaluated on the other validation images, so their accuracy is a
             whole-split value.  Needs accuracy and exactly counted costs (FLOPs,
             parameters) as the objectives, and an engine that is not an Optuna sampler.
