@@ -442,8 +442,7 @@ class SearchContext:
         are, as the subset is a random draw, and its only error is that of the
         shortfall, which is small where the prediction is good: near neighbours share
         most of c's errors.  (With the front point itself as the prediction, this is the
-        plain paired comparison; on the Fashion-MNIST study the six nearest masks give
-        a standard error about 0.85 times that one's.)  The proxies are chosen from the
+        plain paired comparison against it.)  The proxies are chosen from the
         masks alone, before c's results are seen, so the choice does not bias the test.
         c is dropped when the most accurate front point of no higher cost (its accuracy
         exact) is above the estimate by more than ``screen_k`` standard errors; the
