@@ -23,13 +23,12 @@ __all__ = ["SearchContext", "Fidelity", "FIDELITIES", "paired_shortfall"]
 
 log = logging.getLogger("paretoskip.search")
 
-
 #: The accepted values of ``fidelity``.
 FIDELITIES = ("full", "multi")
 #: Objectives a multi-fidelity search screens on: accuracy, and costs counted exactly.
 _EXACT_COSTS = ("flops", "params")
-#: The source of a dropped candidate's accuracy: estimated from the subset, paired with a
-#: whole-split front point (see :meth:`SearchContext._beaten`).
+#: The source of a dropped candidate's accuracy: estimated from the subset, paired with
+#: whole-split masks (see :meth:`SearchContext._beaten`).
 _PAIRED_SOURCE = "estimated:paired-validation-subset"
 #: How many whole-split masks nearest a candidate predict its per-image results when it
 #: is screened (see :meth:`SearchContext._beaten`).
@@ -443,7 +442,8 @@ class SearchContext:
         shortfall, which is small where the prediction is good: near neighbours share
         most of c's errors.  (With the front point itself as the prediction, this is the
         plain paired comparison against it.)  The proxies are chosen from the
-        masks alone, before c's results are seen, so the choice does not bias the test.
+        masks and their whole-split accuracies, before c's results are seen, so the
+        choice does not bias the test.
         c is dropped when the most accurate front point of no higher cost (its accuracy
         exact) is above the estimate by more than ``screen_k`` standard errors; the
         estimate is then below a point of no higher cost, so dominated, as screening
